@@ -1,0 +1,59 @@
+# Otus — developer entry points. `make demo` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CACHE ?= $(CURDIR)/.cache
+export OTUS_CACHE := $(CACHE)
+
+APT_PACKAGES := tshark tcpdump sip-tester prometheus iproute2 libpcap0.8 tcpreplay
+
+.PHONY: help venv deps system-deps demo test lint unit bench e2e image manifests crds clean
+
+help:
+	@echo "make demo       create the virtualenv, install, run otus on the example capture"
+	@echo "make test       install what the tests need, lint, run the test suite"
+	@echo "make bench      print packets/second for the hot paths"
+	@echo "make e2e        end-to-end suite on a real API server, Kafka and network namespaces"
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+deps: venv
+
+# Debian packages the tests use as independent references; installed only when root and missing.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing) >/tmp/otus-apt.log 2>&1 \
+	      || { tail -20 /tmp/otus-apt.log; exit 1; }; \
+	  else echo "warning: missing Debian packages:$$missing (tests that need them will skip)"; fi; \
+	fi
+
+demo: venv
+	$(VENV)/bin/otus run -r examples/sipp-uac-uas.pcap --format text
+
+lint: venv
+	$(VENV)/bin/ruff check otus operator tests e2e bench tools
+	$(VENV)/bin/ruff format --check otus operator tests e2e bench tools
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+unit: venv
+	$(VENV)/bin/pytest
+
+test: system-deps venv lint unit
+
+bench: venv
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
