@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 CACHE ?= $(CURDIR)/.cache
 export OTUS_CACHE := $(CACHE)
 
-APT_PACKAGES := tshark tcpdump sip-tester prometheus iproute2 libpcap0.8 tcpreplay
+APT_PACKAGES := tshark tcpdump sip-tester prometheus iproute2 libpcap0.8 tcpreplay etcd-server openssl
 
 .PHONY: help venv deps system-deps demo test lint unit bench e2e image manifests crds clean
 
@@ -48,12 +48,18 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 unit: venv
+	bash e2e/infra/build.sh helm
 	$(VENV)/bin/pytest
 
 test: system-deps venv lint unit
 
 bench: venv
 	$(PY) -m bench
+
+e2e: system-deps venv
+	@start=$$(date +%s); \
+	bash e2e/infra/build.sh all && $(VENV)/bin/pytest e2e -v; rc=$$?; \
+	echo "e2e: done in $$(( $$(date +%s) - start ))s"; exit $$rc
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -2,4 +2,7 @@
 
 pytest_plugins: list[str] = [
     # Each infrastructure module that defines fixtures adds itself here.
+    "tests.infra.kafka",
+    "tests.infra.netns",
+    "tests.infra.captures",
 ]

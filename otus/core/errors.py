@@ -7,7 +7,7 @@ Every error Otus raises on purpose derives from :class:`OtusError`::
     │   └── SpecError            a task spec failed validation (carries pydantic's messages)
     ├── PluginError              a plugin could not be built or started
     │   ├── PluginNotFoundError  no plugin of that kind has that name
-    │   └── CaptureError         a capture source cannot be opened (missing file, no CAP_NET_RAW, bad BPF)
+    │   └── CaptureError         a capture source cannot open (no file, no CAP_NET_RAW, bad BPF)
     ├── PipelineError            a running pipeline failed
     ├── TaskError                the task manager refused or failed an operation
     │   ├── TaskNotFoundError

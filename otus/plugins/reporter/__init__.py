@@ -1,1 +1,13 @@
-"""reporter."""
+"""Reporters: deliver records. ``REPORTERS`` maps a reporter ``type`` to its class."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from otus.plugins.reporter.console import ConsoleConfig, ConsoleReporter
+
+__all__ = ["REPORTERS", "ConsoleConfig", "ConsoleReporter"]
+
+REPORTERS: dict[str, Any] = {
+    "console": ConsoleReporter,
+}

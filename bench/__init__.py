@@ -1,0 +1,1 @@
+"""Benchmarks for `make bench`: each case prints packets (or records) per second."""

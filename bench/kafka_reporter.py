@@ -1,0 +1,107 @@
+"""Kafka reporter throughput into a local broker: records/s end to end, and per CPU-second.
+
+Run: ``python -m bench.kafka_reporter [--records N] [--compression C] [--batch-size B]``.
+Starts the test suite's broker (``tests/infra/kafka.py``), so Java and Maven must be present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import time
+import uuid
+
+from otus.core.packet import OutputPacket
+from otus.core.record import dumps, to_record
+from otus.plugins.base import PluginContext
+from otus.plugins.reporter.kafka import KafkaConfig, KafkaReporter
+
+BATCH = 1024
+POOL = 16  # distinct batches, cycled: realistic objects without holding N of them
+
+
+def sip(seq: int, calls: int) -> OutputPacket:
+    """A SIP INVITE-sized output packet; ``calls`` distinct Call-IDs spread over the run."""
+    call = seq % calls
+    payload = {
+        "call_id": f"{call:08x}-a3f2-4c1b-9d7e-{call:012x}@10.0.0.1",
+        "method": "INVITE",
+        "request_uri": "sip:bob@example.com",
+        "status_code": None,
+        "reason": None,
+        "cseq": {"seq": 1, "method": "INVITE"},
+        "from": {"uri": "sip:alice@example.com", "tag": "1928301774"},
+        "to": {"uri": "sip:bob@example.com", "tag": None},
+        "via": ["SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK776asdhds"],
+        "contact": "<sip:alice@10.0.0.1:5060>",
+        "user_agent": "sipp",
+        "content_type": "application/sdp",
+        "content_length": 142,
+        "sdp": {"media": [{"type": "audio", "port": 6000, "codecs": ["PCMU/8000"]}]},
+    }
+    return OutputPacket(
+        1_795_315_633_000_000 + seq, "10.0.0.1", "10.0.0.2", 5060, 5060, 17, "sip", payload,
+        {"sip.method": "INVITE"},
+    )  # fmt: skip
+
+
+def serialize_only(pool: list[list[OutputPacket]], rounds: int) -> float:
+    """CPU seconds to build and serialize the records alone (the floor for any reporter)."""
+    c0 = time.process_time()
+    for i in range(rounds):
+        for o in pool[i % POOL]:
+            dumps(to_record(o, "bench", "agent"))
+    return time.process_time() - c0
+
+
+async def through_kafka(bootstrap: str, pool: list[list[OutputPacket]], rounds: int, **kw: object) -> tuple[float, float, dict[str, int]]:  # noqa: E501
+    """Wall and CPU seconds to report ``rounds`` batches and flush them."""
+    cfg = KafkaConfig(
+        brokers=[bootstrap], topic=f"bench-{uuid.uuid4().hex[:8]}", buffer_max_records=100_000,
+        block_ms=60_000, flush_timeout_ms=300_000, **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+    reporter = KafkaReporter(cfg, PluginContext("bench", "agent"))
+    await reporter.report(pool[0])  # topic creation and connection off the clock
+    await reporter.flush()
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(rounds):
+        await reporter.report(pool[i % POOL])
+    await reporter.flush()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    await reporter.close()
+    return wall, cpu, dict(reporter.stats())
+
+
+def main() -> None:
+    """Print records/s for the chosen settings."""
+    from tests.infra.kafka import KafkaBroker
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--records", type=int, default=300_000)
+    ap.add_argument("--compression", default="none")
+    ap.add_argument("--batch-size", type=int, default=262_144)
+    ap.add_argument("--calls", type=int, default=20_000, help="distinct Call-IDs")
+    args = ap.parse_args()
+    rounds = max(1, args.records // BATCH)
+    n = rounds * BATCH
+    pool = [[sip(j * BATCH + i, args.calls) for i in range(BATCH)] for j in range(POOL)]
+    gc.freeze()  # the pool lives all run: keep it out of the collector's way, as a pipeline would
+    floor = serialize_only(pool, rounds)
+    print(f"to_record+dumps alone: {n / floor:,.0f} records/CPU-s")
+    with KafkaBroker() as broker:
+        wall, cpu, stats = asyncio.run(
+            through_kafka(
+                broker.bootstrap, pool, rounds,
+                compression=args.compression, batch_size=args.batch_size,
+            )  # fmt: skip
+        )
+    assert stats["report.kafka.sent"] == n + BATCH, stats
+    print(
+        f"kafka reporter ({args.compression}, batch {args.batch_size}): {n / wall:,.0f} records/s "
+        f"wall, {n / cpu:,.0f} records/CPU-s in the reporting process ({n} records)"
+    )
+
+
+if __name__ == "__main__":
+    main()

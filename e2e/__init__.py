@@ -1,0 +1,1 @@
+"""End-to-end suite (`make e2e`): real kube-apiserver, etcd, helm, Kafka, network namespaces."""

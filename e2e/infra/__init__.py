@@ -1,0 +1,1 @@
+"""Real e2e infrastructure: built tools (helm, kube-apiserver, kubectl, etcd), a control plane."""

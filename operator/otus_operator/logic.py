@@ -1,0 +1,196 @@
+"""What the operator decides, as pure functions: assignment, node health, conditions, totals.
+
+Kept apart from the kopf handlers so the rules are readable and tested without a cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from otus.control.kubernetes.model import LabelSelector
+
+__all__ = [
+    "Plan",
+    "assign",
+    "heartbeat_age",
+    "merge_conditions",
+    "plan_status",
+    "rfc3339",
+    "waiting_nodes",
+]
+
+_ACTIVE = frozenset({"Starting", "Running", "Paused", "Stopping", "Failed"})
+_FINAL = frozenset({"Stopped", "Unknown"})
+
+
+def rfc3339(ts: float) -> str:
+    """A Unix time as a ``metav1.Time``."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def heartbeat_age(entry: Mapping[str, Any], now: float) -> float:
+    """Seconds since a node entry's ``lastHeartbeat`` (infinite when missing or unreadable)."""
+    raw = entry.get("lastHeartbeat")
+    if not isinstance(raw, str):
+        return float("inf")
+    try:
+        ts = datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return float("inf")
+    return max(0.0, now - ts)
+
+
+def assign(
+    selector: LabelSelector,
+    nodes: Mapping[str, Mapping[str, str]],
+    agents: Mapping[str, bool],
+    current: list[str],
+) -> list[str]:
+    """Nodes that match the selector and run an agent pod.
+
+    A node joins only when its agent pod is ready; a node already assigned stays while its agent
+    pod exists, ready or not, so an agent restart shows as ``Unknown`` instead of silently
+    shrinking the task.
+    """
+    keep = set(current)
+    out = [
+        n
+        for n, labels in nodes.items()
+        if selector.matches(labels) and (agents.get(n) or (n in keep and n in agents))
+    ]
+    return sorted(out)
+
+
+def merge_conditions(
+    old: list[Mapping[str, Any]], new: list[dict[str, Any]], now: str
+) -> list[dict[str, Any]]:
+    """``new`` conditions, keeping ``lastTransitionTime`` where the status did not change."""
+    by_type = {c.get("type"): c for c in old}
+    out = []
+    for c in new:
+        prev = by_type.get(c["type"])
+        same = prev is not None and prev.get("status") == c["status"]
+        stamp = prev.get("lastTransitionTime") if same and prev else None
+        out.append({**c, "lastTransitionTime": stamp or now})
+    return out
+
+
+@dataclass
+class Plan:
+    """The status the operator wants, the node entries to touch, and an event to post."""
+
+    status: dict[str, Any] = field(default_factory=dict)
+    node_patch: dict[str, Any] = field(default_factory=dict)  # node -> entry patch or None
+    event: tuple[str, str, str] | None = None  # type, reason, message
+
+
+def _condition(ctype: str, ok: bool, reason: str, message: str, gen: int | None) -> dict[str, Any]:
+    c: dict[str, Any] = {
+        "type": ctype,
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message[:32768],
+    }
+    if gen is not None:
+        c["observedGeneration"] = gen
+    return c
+
+
+def plan_status(
+    *,
+    spec_errors: list[str] | None,
+    paused: bool,
+    assigned: list[str],
+    status: Mapping[str, Any],
+    generation: int | None,
+    now: float,
+    heartbeat_timeout: float,
+) -> Plan:
+    """Conditions, counts, totals and node marks for one CaptureTask."""
+    plan = Plan()
+    nodes: dict[str, Any] = dict(status.get("nodes") or {})
+    phases: dict[str, str] = {}
+    for name in assigned:
+        entry = nodes.get(name)
+        if entry is None:
+            phases[name] = "Pending"
+            continue
+        phase = str(entry.get("phase", "Pending"))
+        age = heartbeat_age(entry, now)
+        if phase in _ACTIVE and age > heartbeat_timeout:
+            phase = "Unknown"
+            msg = f"no report from the agent for {int(age)}s" if age != float("inf") else ""
+            plan.node_patch[name] = {"phase": "Unknown", "message": msg or "no heartbeat"}
+        phases[name] = phase
+    for name, entry in nodes.items():
+        if name in assigned or not isinstance(entry, Mapping):
+            continue
+        # Unassigned: drop the entry once its agent stopped, or went silent.
+        if entry.get("phase") in _FINAL or heartbeat_age(entry, now) > heartbeat_timeout:
+            plan.node_patch[name] = None
+    running = sorted(n for n, p in phases.items() if p == "Running")
+    failed = sorted(n for n, p in phases.items() if p == "Failed")
+    unknown = sorted(n for n, p in phases.items() if p == "Unknown")
+    kept = {n: e for n, e in nodes.items() if plan.node_patch.get(n, e) is not None}
+    totals = {
+        key: sum(int(e.get(key) or 0) for e in kept.values() if isinstance(e, Mapping))
+        for key in ("packets", "sipMessages", "drops")
+    }
+    gen = generation
+    if spec_errors is not None:
+        message = "; ".join(spec_errors)
+        ready = _condition("Ready", False, "InvalidSpec", message, gen)
+        plan.event = ("Warning", "InvalidSpec", message[:1024])
+    elif paused:
+        ready = _condition("Ready", False, "Paused", "capture is paused on every node", gen)
+    elif not assigned:
+        ready = _condition(
+            "Ready", False, "NoNodes", "no node matches nodeSelector and runs a ready agent", gen
+        )
+    elif len(running) == len(assigned):
+        ready = _condition("Ready", True, "Running", f"{len(running)}/{len(assigned)} nodes", gen)
+    else:
+        others = ", ".join(f"{n}: {p}" for n, p in sorted(phases.items()) if p != "Running")
+        ready = _condition(
+            "Ready",
+            False,
+            "NodesNotRunning",
+            f"{len(running)}/{len(assigned)} nodes running; {others}",
+            gen,
+        )
+    if failed or unknown:
+        parts = [f"failed: {', '.join(failed)}"] if failed else []
+        parts += [f"not reporting: {', '.join(unknown)}"] if unknown else []
+        reason = "NodesFailed" if failed else "NodesUnknown"
+        degraded = _condition("Degraded", True, reason, "; ".join(parts), gen)
+    else:
+        degraded = _condition("Degraded", False, "AsExpected", "", gen)
+    plan.status = {
+        "observedGeneration": gen,
+        "conditions": [ready, degraded],
+        "targetedNodes": 0 if spec_errors is not None else len(assigned),
+        "runningNodes": 0 if paused else len(running),
+        "assignedNodes": [] if spec_errors is not None else assigned,
+        "totals": totals,
+    }
+    return plan
+
+
+def waiting_nodes(
+    status: Mapping[str, Any], agents: Mapping[str, bool], now: float, heartbeat_timeout: float
+) -> list[str]:
+    """Nodes whose agent may still be running the task (so deletion must wait for them)."""
+    out = []
+    for name, entry in (status.get("nodes") or {}).items():
+        if not isinstance(entry, Mapping) or entry.get("phase") in _FINAL:
+            continue
+        if name not in agents or heartbeat_age(entry, now) > heartbeat_timeout:
+            continue  # no agent left to flush anything
+        out.append(name)
+    # Assigned but never reported: its agent may be starting the task right now.
+    reported = status.get("nodes") or {}
+    out += [n for n in status.get("assignedNodes") or [] if n not in reported and agents.get(n)]
+    return sorted(set(out))

@@ -1,0 +1,50 @@
+"""The `otus` command: argument parsing and dispatch; every failure is one clear line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from otus import __version__
+from otus.cli import run as run_cmd
+from otus.core.errors import ConfigError, OtusError
+
+__all__ = ["build_parser", "main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse's default is usage + message on stderr and exit 2; keep that, minus noise.
+        self.print_usage(sys.stderr)
+        self.exit(2, f"otus: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used for shell completion)."""
+    p = _Parser(prog="otus", description="Capture SIP signalling and stream it, parsed.")
+    p.add_argument("--version", action="version", version=f"otus {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    run_cmd.register(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        print(f"otus: {e}", file=sys.stderr)
+        return 2
+    except OtusError as e:
+        print(f"otus: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,112 @@
+"""`otus run`: one task in the foreground, records on stdout, a summary on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from typing import Any
+
+from otus.core.errors import ConfigError
+from otus.core.stats import format_summary
+from otus.pipeline.spec import load_task, parse_task
+from otus.task.runner import TaskRunner
+
+__all__ = ["build_spec", "register"]
+
+
+def register(sub: Any) -> None:
+    """Add the `run` subcommand."""
+    p = sub.add_parser(
+        "run",
+        help="run one capture task in the foreground",
+        description="Run one task in the foreground: from a capture file (-r) to its end, or "
+        "live from an interface (-i) until SIGINT/SIGTERM or a limit.",
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("-r", "--read", metavar="FILE", help="read a pcap/pcapng file")
+    src.add_argument("-i", "--interface", metavar="IFACE", help="capture live (needs CAP_NET_RAW)")
+    p.add_argument("-f", "--filter", metavar="BPF", help="BPF filter in tcpdump syntax (live)")
+    p.add_argument("--workers", type=int, metavar="N", help="fanout worker processes (live)")
+    p.add_argument("--task", metavar="TASK.yaml", help="task spec (YAML or JSON)")
+    p.add_argument(
+        "--format",
+        choices=("json", "text"),
+        help="record format (default: json when stdout is not a terminal, else text)",
+    )
+    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    p.add_argument("--max-packets", type=int, metavar="N", help="stop after N captured frames")
+    p.set_defaults(func=run)
+
+
+def build_spec(args: argparse.Namespace) -> Any:
+    """Merge the task file (if any) with the command-line options into a validated spec."""
+    data: dict[str, Any]
+    if args.task:
+        data = load_task(args.task).model_dump(mode="json", exclude_unset=True)
+    else:
+        data = {"id": "run"}
+    fmt = args.format or ("text" if sys.stdout.isatty() else "json")
+    if args.read:
+        data["capture"] = {"type": "pcap", "path": args.read}
+    elif args.interface:
+        cap = (
+            dict(data.get("capture") or {})
+            if data.get("capture", {}).get("type") == "afpacket"
+            else {}
+        )
+        cap.update(type="afpacket", interfaces=[args.interface])
+        if args.filter is not None:
+            cap["bpf_filter"] = args.filter
+        if args.workers is not None:
+            cap["fanout_size"] = args.workers
+        data["capture"] = cap
+    elif "capture" not in data:
+        raise ConfigError("nothing to capture: give -r FILE, -i IFACE or --task with a capture")
+    live_opts = args.filter is not None or args.workers is not None
+    if live_opts and not args.interface and data["capture"].get("type") != "afpacket":
+        raise ConfigError("-f and --workers apply to live capture (-i)")
+    if not args.task:
+        data["reporters"] = [{"type": "console", "config": {"format": fmt}}]
+    elif args.format:
+        for r in data.get("reporters", []):
+            if r.get("type") == "console":
+                r.setdefault("config", {})["format"] = args.format
+    limits = dict(data.get("limits") or {})
+    if args.duration is not None:
+        limits["duration_s"] = args.duration
+    if args.max_packets is not None:
+        limits["max_packets"] = args.max_packets
+    if limits:
+        data["limits"] = limits
+    return parse_task(data, args.task or "command line")
+
+
+async def _run(args: argparse.Namespace) -> int:
+    spec = build_spec(args)
+    runner = TaskRunner(spec)
+    loop = asyncio.get_running_loop()
+    interrupted = 0
+
+    def on_signal() -> None:
+        nonlocal interrupted
+        interrupted += 1
+        runner.request_stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    await runner.start()
+    stats = await runner.wait()
+    print(f"otus: {format_summary(stats)}", file=sys.stderr)
+    if runner.error:
+        print(f"otus: task failed: {runner.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `otus run`."""
+    import uvloop  # noqa: PLC0415 - keep `otus --help` fast
+
+    return uvloop.run(_run(args))

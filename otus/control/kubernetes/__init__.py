@@ -1,0 +1,1 @@
+"""Kubernetes mode: the CaptureTask model and CRD, the node agent."""

@@ -1,0 +1,437 @@
+"""Agent Kubernetes mode: run the CaptureTasks assigned to this node through the task manager.
+
+``otus daemon --kubernetes`` runs ``await KubernetesAgent(manager, node_name=...).run()``. It
+watches CaptureTasks (one namespace or all) and, for each whose ``status.assignedNodes`` (set by
+the operator) holds this node:
+
+- creates the task (id from :func:`~otus.control.kubernetes.model.task_id_for`), updates it
+  when the resulting :class:`TaskSpec` changes (spec edit, rotated Secret), deletes it when the
+  task is paused, unassigned or being deleted (``deletionTimestamp``: delete flushes the
+  reporters, then ``phase: Stopped`` tells the operator it may release its finalizer);
+- reads the Secrets named by reporters' ``secretRef``s and writes each value to a file (mode
+  0600, in a 0700 directory per task and content hash under ``runtime_dir``, tmpfs in the
+  chart) that the reporter config points at; values never enter the task spec, which the
+  manager may persist and show;
+- writes only its own entry ``status.nodes.<node>`` with a JSON merge patch on ``/status`` (maps
+  merge key by key, so agents never overwrite each other): at once on a phase change, otherwise
+  a heartbeat at most every ``heartbeat_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from otus.control.kubernetes.model import (
+    API_VERSION,
+    PLURAL,
+    CaptureTaskSpec,
+    parse_capture_task,
+    task_id_for,
+)
+from otus.core.errors import OtusError, SpecError, TaskError, TaskExistsError, TaskNotFoundError
+from otus.core.kube import ApiError, KubeClient, KubeConfig, Reflector
+from otus.core.stats import drops
+from otus.pipeline.spec import TaskSpec
+
+__all__ = ["KubernetesAgent", "TaskManagerLike", "now_rfc3339"]
+
+log = logging.getLogger(__name__)
+
+_PHASES = {
+    "created": "Starting",
+    "starting": "Starting",
+    "running": "Running",
+    "stopping": "Stopping",
+    "stopped": "Stopped",
+    "failed": "Failed",
+}
+
+
+class TaskManagerLike(Protocol):
+    """The part of ``otus.task.manager.TaskManager`` the agent uses."""
+
+    async def create(self, spec: TaskSpec) -> Any:
+        """Start a task."""
+        ...
+
+    async def update(self, spec: TaskSpec) -> Any:
+        """Replace a task's spec (stop + start)."""
+        ...
+
+    async def delete(self, task_id: str) -> Any:
+        """Stop a task, flush its reporters, forget it."""
+        ...
+
+    def status(self, task_id: str) -> Any:
+        """A TaskInfo: ``state``, ``reason``, ``stats``."""
+        ...
+
+    def subscribe(self, callback: Callable[[Any], None]) -> Any:
+        """Call ``callback(TaskInfo)`` on each state change."""
+        ...
+
+
+def now_rfc3339() -> str:
+    """The current time as a ``metav1.Time``."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _state(info: Any) -> str:
+    state = getattr(info, "state", "")
+    return str(getattr(state, "value", state)).lower()
+
+
+@dataclass
+class _Entry:
+    """What the agent knows and last reported about one CaptureTask."""
+
+    namespace: str
+    name: str
+    task_id: str
+    generation: int | None = None
+    spec: TaskSpec | None = None  # the task running now, if any
+    failed_key: tuple[Any, ...] | None = None  # do not retry the same failing input
+    phase: str = ""
+    message: str = ""
+    reported_phase: str = ""
+    reported_at: float = 0.0
+    secret_dir: Path | None = None
+    done: bool = False  # final report written; nothing more to say
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class KubernetesAgent:
+    """Keeps this node's tasks in line with the CaptureTasks assigned to it."""
+
+    def __init__(
+        self,
+        manager: TaskManagerLike,
+        *,
+        node_name: str,
+        namespace: str | None = None,
+        kubeconfig: str | Path | None = None,
+        client: KubeClient | None = None,
+        runtime_dir: Path | None = None,
+        heartbeat_s: float = 10.0,
+        resync_s: float = 300.0,
+    ) -> None:
+        if not node_name:
+            raise OtusError("Kubernetes mode needs the node name (NODE_NAME from the downward API)")
+        self.manager = manager
+        self.node = node_name
+        self.namespace = namespace
+        self.kubeconfig = kubeconfig
+        self.client = client
+        base = runtime_dir or Path(os.environ.get("OTUS_RUNTIME_DIR", "/run/otus"))
+        self.secrets_dir = base / "secrets"
+        self.heartbeat_s = heartbeat_s
+        self.resync_s = resync_s
+        self.objects: dict[str, dict[str, Any]] = {}  # key -> reduced CaptureTask
+        self.entries: dict[str, _Entry] = {}
+        self._by_task: dict[str, str] = {}
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._report_now = asyncio.Event()
+
+    def _path(self, namespace: str | None = None) -> str:
+        ns = namespace or self.namespace
+        base = f"/apis/{API_VERSION}"
+        return f"{base}/namespaces/{ns}/{PLURAL}" if ns else f"{base}/{PLURAL}"
+
+    # -- main loop -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Watch and reconcile until cancelled."""
+        client = self.client or KubeClient(KubeConfig.load(self.kubeconfig))
+        self.client = client
+        self.manager.subscribe(self._on_task_change)
+        reflector: Reflector[dict[str, Any]] = Reflector(
+            client, self._path(), transform=self._reduce, on_change=self._on_change
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(reflector.run(), name="capturetask-watch")
+                tg.create_task(self._reconcile_loop(), name="capturetask-reconcile")
+                tg.create_task(self._report_loop(), name="capturetask-status")
+        finally:
+            await asyncio.shield(self._goodbye())
+            await client.close()
+
+    def _reduce(self, obj: dict[str, Any]) -> dict[str, Any]:
+        # Only what decides this node's task: others' status writes then cause no event.
+        meta = obj.get("metadata") or {}
+        status = obj.get("status") or {}
+        return {
+            "namespace": meta.get("namespace", ""),
+            "name": meta.get("name", ""),
+            "generation": meta.get("generation"),
+            "deleting": bool(meta.get("deletionTimestamp")),
+            "assigned": self.node in (status.get("assignedNodes") or []),
+            "spec": obj.get("spec") or {},
+        }
+
+    def _on_change(self, kind: str, key: str, obj: dict[str, Any]) -> None:
+        if kind == "DELETED":
+            self.objects.pop(key, None)
+        else:
+            self.objects[key] = obj
+        self._mark(key)
+
+    def _mark(self, key: str) -> None:
+        self._dirty.add(key)
+        self._wake.set()
+
+    def _on_task_change(self, info: Any) -> None:
+        key = self._by_task.get(str(getattr(info, "id", "")))
+        entry = self.entries.get(key) if key else None
+        if entry is None or entry.spec is None:
+            return
+        phase = _PHASES.get(_state(info), "Running")
+        if phase != entry.phase:
+            entry.phase = phase
+            entry.message = str(getattr(info, "reason", None) or "")
+            self._report_now.set()
+
+    async def _reconcile_loop(self) -> None:
+        next_resync = time.monotonic() + self.resync_s
+        while True:
+            timeout = max(0.0, next_resync - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            if time.monotonic() >= next_resync:
+                next_resync = time.monotonic() + self.resync_s
+                self._dirty.update(self.objects, self.entries)
+            while self._dirty:
+                key = self._dirty.pop()
+                try:
+                    await self._reconcile(key)
+                except Exception:  # one bad object must not stop the others
+                    log.exception("capturetask %s: reconcile failed", key)
+
+    # -- reconcile one CaptureTask -------------------------------------------------------
+
+    async def _reconcile(self, key: str) -> None:
+        obj = self.objects.get(key)
+        entry = self.entries.get(key)
+        if obj is None:  # gone from the API: stop quietly, nobody to report to
+            if entry is not None:
+                await self._stop(entry)
+                self._forget(key)
+            return
+        if entry is None:
+            if not obj["assigned"] or obj["deleting"]:
+                return  # never ours
+            entry = _Entry(
+                obj["namespace"], obj["name"], task_id_for(obj["namespace"], obj["name"])
+            )
+            self.entries[key] = entry
+            self._by_task[entry.task_id] = key
+        entry.generation = obj["generation"]
+        if entry.done and obj["assigned"] and not obj["deleting"]:
+            entry.done = False  # assigned again
+        if entry.done:
+            return
+        if obj["deleting"] or not obj["assigned"]:
+            await self._stop(entry)
+            why = "CaptureTask deleted" if obj["deleting"] else "no longer assigned to this node"
+            await self._set(entry, "Stopped", f"{why}; reporters flushed")
+            entry.done = True
+            return
+        try:
+            cts = parse_capture_task(obj["spec"])
+        except SpecError as e:
+            await self._stop(entry)
+            await self._set(entry, "Failed", _one_line(e))
+            return
+        if cts.paused:
+            await self._stop(entry)
+            await self._set(entry, "Paused", "paused")
+            return
+        await self._run(entry, cts)
+
+    async def _run(self, entry: _Entry, cts: CaptureTaskSpec) -> None:
+        try:
+            resolved, secret_dir = await self._secrets(entry, cts)
+            spec = cts.to_task_spec(entry.task_id, resolved)
+        except (OtusError, ApiError) as e:
+            await self._set(entry, "Failed", _one_line(e))
+            return
+        if entry.spec == spec:
+            return
+        attempt = (entry.generation, spec.model_dump_json())
+        if entry.failed_key == attempt:
+            return
+        try:
+            if entry.spec is None:
+                try:
+                    info = await self.manager.create(spec)
+                except TaskExistsError:  # restored from the state file: take it over
+                    info = await self.manager.update(spec)
+            else:
+                info = await self.manager.update(spec)
+        except TaskError as e:
+            entry.spec = None
+            entry.failed_key = attempt
+            await self._set(entry, "Failed", _one_line(e))
+            return
+        entry.failed_key = None
+        entry.spec = spec
+        self._swap_secrets(entry, secret_dir)
+        await self._set(entry, _PHASES.get(_state(info), "Running"), "")
+
+    async def _stop(self, entry: _Entry) -> None:
+        if entry.spec is not None:
+            entry.spec = None
+            await self._set(entry, "Stopping", "", report=False)
+            with contextlib.suppress(TaskNotFoundError):
+                await self.manager.delete(entry.task_id)
+        self._swap_secrets(entry, None)
+
+    def _forget(self, key: str) -> None:
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            self._by_task.pop(entry.task_id, None)
+
+    # -- secrets -------------------------------------------------------------------------
+
+    async def _secrets(
+        self, entry: _Entry, cts: CaptureTaskSpec
+    ) -> tuple[dict[int, dict[str, str]], Path | None]:
+        refs = cts.secret_refs()
+        if not refs:
+            return {}, None
+        assert self.client is not None
+        values: dict[int, dict[str, bytes]] = {}
+        for i, ref in refs.items():
+            path = f"/api/v1/namespaces/{entry.namespace}/secrets/{ref.name}"
+            try:
+                secret = await self.client.get(path)
+            except ApiError as e:
+                raise SpecError(f"secret {ref.name}: {e.message or e.reason}") from None
+            data = secret.get("data") or {}
+            values[i] = {}
+            for target, key in ref.keys().items():
+                if key not in data:
+                    raise SpecError(f"secret {ref.name} has no key {key!r}")
+                try:
+                    values[i][target] = base64.b64decode(data[key], validate=True)
+                except (binascii.Error, ValueError):
+                    raise SpecError(f"secret {ref.name}: key {key!r} is not base64") from None
+        digest = hashlib.sha256(repr(sorted(values.items())).encode()).hexdigest()[:12]
+        task_dir = self.secrets_dir / entry.task_id
+        secret_dir = task_dir / digest
+        resolved: dict[int, dict[str, str]] = {}
+        await asyncio.to_thread(_private_dir, secret_dir)
+        for i, fields in values.items():
+            resolved[i] = {}
+            for target, raw in fields.items():
+                if target == "username":
+                    resolved[i][target] = raw.decode("utf-8", "replace").strip()
+                    continue
+                file = secret_dir / f"r{i}-{target}"
+                await asyncio.to_thread(_write_private, file, raw)
+                resolved[i][target] = str(file)
+        return resolved, secret_dir
+
+    def _swap_secrets(self, entry: _Entry, keep: Path | None) -> None:
+        """Remove the task's secret files other than ``keep`` (the running task's)."""
+        task_dir = self.secrets_dir / entry.task_id
+        if task_dir.is_dir():
+            for d in task_dir.iterdir():
+                if d != keep:
+                    shutil.rmtree(d, ignore_errors=True)
+            if keep is None:
+                shutil.rmtree(task_dir, ignore_errors=True)
+        entry.secret_dir = keep
+
+    # -- status --------------------------------------------------------------------------
+
+    async def _set(self, entry: _Entry, phase: str, message: str, *, report: bool = True) -> None:
+        entry.phase, entry.message = phase, message
+        if report and (phase != entry.reported_phase or message != entry.extra.get("message")):
+            await self._write(entry)
+
+    def _report(self, entry: _Entry) -> dict[str, Any]:
+        stats: Mapping[str, int] = {}
+        if entry.spec is not None:
+            with contextlib.suppress(TaskNotFoundError):
+                stats = getattr(self.manager.status(entry.task_id), "stats", None) or {}
+        return {
+            "phase": entry.phase,
+            "packets": int(stats.get("capture.packets", 0)),
+            "sipMessages": int(stats.get("parse.messages", 0)),
+            "drops": sum(drops(stats).values()),
+            "lastHeartbeat": now_rfc3339(),
+            "message": entry.message[:1024],
+            "observedGeneration": entry.generation,
+            "taskId": entry.task_id,
+        }
+
+    async def _write(self, entry: _Entry) -> None:
+        assert self.client is not None
+        report = self._report(entry)
+        path = f"{self._path(entry.namespace)}/{entry.name}/status"
+        try:
+            await self.client.merge_patch(path, {"status": {"nodes": {self.node: report}}})
+        except ApiError as e:
+            if e.status == 404:
+                return  # deleted meanwhile
+            log.warning("capturetask %s/%s: status write: %s", entry.namespace, entry.name, e)
+            return
+        entry.reported_phase = report["phase"]
+        entry.extra["message"] = report["message"]
+        entry.reported_at = time.monotonic()
+
+    async def _report_loop(self) -> None:
+        tick = min(1.0, self.heartbeat_s / 2)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._report_now.wait(), tick)
+            self._report_now.clear()
+            now = time.monotonic()
+            for entry in list(self.entries.values()):
+                if entry.done or not entry.phase:
+                    continue
+                changed = entry.phase != entry.reported_phase
+                if changed or now - entry.reported_at >= self.heartbeat_s:
+                    await self._write(entry)
+
+    async def _goodbye(self) -> None:
+        """On shutdown, tell the operator this node stopped capturing (best effort, bounded)."""
+        live = [e for e in self.entries.values() if not e.done and e.phase]
+        for e in live:
+            e.phase, e.message = "Stopped", "agent shutting down"
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(*(self._write(e) for e in live)), 3.0)
+
+
+def _private_dir(path: Path) -> None:
+    for p in (*reversed(path.parents[:2]), path):
+        p.mkdir(mode=0o700, parents=True, exist_ok=True)
+        p.chmod(0o700)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:1024]

@@ -1,0 +1,190 @@
+"""The task spec: one capture job, as a pydantic model loadable from YAML or JSON.
+
+The same model validates tasks from the CLI, the control socket, Kafka commands and the
+``CaptureTask`` custom resource (whose CRD schema is generated from it), so every field is
+bounded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from otus.core.errors import SpecError
+from otus.core.model import SpecModel
+from otus.decoder.options import DecoderOptions
+from otus.plugins.capture.afpacket import AfpacketConfig
+from otus.plugins.capture.pcapfile import PcapConfig
+from otus.plugins.parser.sip import SipConfig
+from otus.plugins.processor.filter import FilterConfig, LabelsConfig
+from otus.plugins.processor.k8s import K8sConfig
+from otus.plugins.reporter.console import ConsoleConfig
+
+__all__ = [
+    "CaptureSpec",
+    "DecoderSpec",
+    "LimitsSpec",
+    "ParserSpec",
+    "ProcessorSpec",
+    "ReporterSpec",
+    "TaskSpec",
+    "format_validation_error",
+    "load_task",
+    "parse_task",
+]
+
+TASK_ID_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
+TunnelName = Literal["vxlan", "geneve", "gre", "erspan", "ipip"]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class DecoderSpec(SpecModel):
+    """Which encapsulations to open and how hard to try reassembling IP fragments."""
+
+    tunnels: list[TunnelName] = Field(
+        default_factory=lambda: ["vxlan", "geneve", "gre", "erspan", "ipip"],
+        max_length=5,
+        description="Tunnels to decapsulate; others are left as they are.",
+    )
+    vxlan_ports: list[Port] = Field(default_factory=lambda: [4789], max_length=8)
+    geneve_ports: list[Port] = Field(default_factory=lambda: [6081], max_length=8)
+    ip_reassembly: bool = True
+    max_datagrams: int = Field(
+        default=1024, ge=1, le=65536, description="IP datagrams reassembled at once."
+    )
+    max_fragments: int = Field(default=64, ge=2, le=1024, description="Fragments per datagram.")
+    max_datagram_size: int = Field(default=65535, ge=576, le=65535)
+    reassembly_timeout_ms: int = Field(default=30_000, ge=100, le=300_000)
+
+    def to_options(self) -> DecoderOptions:
+        """The decoder's plain options."""
+        return DecoderOptions(
+            tunnels=frozenset(self.tunnels),
+            vxlan_ports=frozenset(self.vxlan_ports),
+            geneve_ports=frozenset(self.geneve_ports),
+            ip_reassembly=self.ip_reassembly,
+            max_datagrams=self.max_datagrams,
+            max_fragments=self.max_fragments,
+            max_datagram_size=self.max_datagram_size,
+            reassembly_timeout_us=self.reassembly_timeout_ms * 1000,
+        )
+
+
+class SipParserSpec(SpecModel):
+    """The SIP parser."""
+
+    type: Literal["sip"] = "sip"
+    config: SipConfig = Field(default_factory=SipConfig)
+
+
+ParserSpec = SipParserSpec
+
+
+class FilterProcessorSpec(SpecModel):
+    """Drop messages by method or label expression."""
+
+    type: Literal["filter"]
+    config: FilterConfig = Field(default_factory=FilterConfig)
+
+
+class LabelsProcessorSpec(SpecModel):
+    """Add static labels."""
+
+    type: Literal["labels"]
+    config: LabelsConfig = Field(default_factory=LabelsConfig)
+
+
+class K8sProcessorSpec(SpecModel):
+    """Label messages with the pods owning their source and destination IPs."""
+
+    type: Literal["k8s"]
+    config: K8sConfig = Field(default_factory=K8sConfig)
+
+
+ProcessorSpec = Annotated[
+    FilterProcessorSpec | LabelsProcessorSpec | K8sProcessorSpec, Field(discriminator="type")
+]
+
+
+class ConsoleReporterSpec(SpecModel):
+    """Print records."""
+
+    type: Literal["console"]
+    config: ConsoleConfig = Field(default_factory=ConsoleConfig)
+
+
+ReporterSpec = Annotated[ConsoleReporterSpec, Field(discriminator="type")]
+
+CaptureSpec = Annotated[PcapConfig | AfpacketConfig, Field(discriminator="type")]
+
+
+class LimitsSpec(SpecModel):
+    """Optional bounds after which a task stops by itself."""
+
+    duration_s: float | None = Field(default=None, gt=0, le=30 * 86400)
+    max_packets: int | None = Field(default=None, ge=1, le=2**53)
+
+
+class TaskSpec(SpecModel):
+    """One capture job: capture -> decode -> parse -> process -> report."""
+
+    id: str = Field(pattern=TASK_ID_PATTERN, max_length=63, description="Task id, DNS-label-like.")
+    capture: CaptureSpec
+    decoder: DecoderSpec = Field(default_factory=DecoderSpec)
+    parsers: list[ParserSpec] = Field(
+        default_factory=lambda: [SipParserSpec()], min_length=1, max_length=8
+    )
+    processors: list[ProcessorSpec] = Field(default_factory=list, max_length=16)
+    reporters: list[ReporterSpec] = Field(
+        default_factory=lambda: [ConsoleReporterSpec(type="console")], min_length=1, max_length=8
+    )
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
+
+    @field_validator("parsers", mode="before")
+    @classmethod
+    def _names(cls, v: Any) -> Any:
+        # The plan's task JSON lists parsers by name: ["sip"].
+        if isinstance(v, list):
+            return [{"type": p} if isinstance(p, str) else p for p in v]
+        return v
+
+
+def format_validation_error(e: ValidationError) -> list[str]:
+    """One readable line per problem: ``capture.interfaces: Field required``."""
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, str) or p[:1] != "_")
+        lines.append(f"{loc or '(task)'}: {err['msg']}")
+    return lines
+
+
+def parse_task(data: Any, source: str = "task") -> TaskSpec:
+    """Validate a task given as a dict; raise SpecError with readable lines."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a task must be a mapping, not {type(data).__name__}")
+    try:
+        return TaskSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(f"{source}: invalid task", format_validation_error(e)) from None
+
+
+def load_task(path: str | Path) -> TaskSpec:
+    """Load a task from a YAML or JSON file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"cannot read task file {str(p)!r}: {e}") from None
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as e:
+        raise SpecError(
+            f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}"
+        ) from None
+    if isinstance(data, dict) and "task" in data and "id" not in data:
+        data = data["task"]  # accept the plan's command envelope {"command": ..., "task": {...}}
+    return parse_task(data, str(p))

@@ -1,0 +1,167 @@
+"""The TPACKET_V3 receive ring: set up, mmap, and turn each block the kernel hands over into lists.
+
+The kernel fills blocks in order and flips a block's status to TP_STATUS_USER when it is full or
+its timeout expires; we copy every frame out (``mm[a:b]`` makes ``bytes``, so nothing keeps a
+view into the mapping), then hand the block back by writing TP_STATUS_KERNEL. Frames of one
+block are walked through ``tp_next_offset``.
+"""
+
+from __future__ import annotations
+
+import mmap
+import socket
+
+from otus.core.errors import CaptureError
+
+from .consts import (
+    BLOCK_HDR,
+    BLOCK_STATUS,
+    BLOCK_STATUS_OFFSET,
+    ETH_P_8021Q,
+    FRAME_HDR,
+    FRAME_SLL,
+    FRAME_SLL_LEN,
+    FRAME_SLL_OFFSET,
+    FRAME_VLAN,
+    FRAME_VLAN_OFFSET,
+    PACKET_RX_RING,
+    SLL2_HDR,
+    SOL_PACKET,
+    TP_STATUS_KERNEL,
+    TP_STATUS_USER,
+    TP_STATUS_VLAN_TPID_VALID,
+    TP_STATUS_VLAN_VALID,
+    TPACKET_REQ3,
+    VLAN_TAG,
+)
+
+__all__ = ["Ring"]
+
+_COOKED_CACHE_MAX = 4096  # distinct (protocol, ifindex, hatype, pkttype, address) headers kept
+
+
+class Ring:
+    """One socket's mmap'ed TPACKET_V3 RX ring and a cursor on the next block to read."""
+
+    __slots__ = ("_cooked", "_cur", "block_count", "block_size", "mm")
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        block_size: int,
+        block_count: int,
+        frame_size: int,
+        timeout_ms: int,
+    ) -> None:
+        frame_nr = (block_size // frame_size) * block_count
+        req = TPACKET_REQ3.pack(block_size, block_count, frame_size, frame_nr, timeout_ms, 0, 0)
+        size = block_size * block_count
+        try:
+            sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
+            self.mm = mmap.mmap(
+                sock.fileno(), size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
+            )
+        except OSError as e:
+            raise CaptureError(
+                f"cannot set up a {size >> 20} MiB capture ring "
+                f"({block_count} x {block_size} bytes): {e.strerror or e}"
+            ) from e
+        self.block_size = block_size
+        self.block_count = block_count
+        self._cur = 0
+        self._cooked: dict[bytes, bytes] = {}
+
+    def ready(self) -> bool:
+        """Whether the kernel has handed over the next block."""
+        off = self._cur * self.block_size + BLOCK_STATUS_OFFSET
+        return bool(BLOCK_STATUS.unpack_from(self.mm, off)[0] & TP_STATUS_USER)
+
+    def _release(self, off: int) -> None:
+        BLOCK_STATUS.pack_into(self.mm, off + BLOCK_STATUS_OFFSET, TP_STATUS_KERNEL)
+        self._cur = (self._cur + 1) % self.block_count
+
+    def read_ethernet(self, frames: list[bytes], stamps: list[int]) -> int:
+        """Append the next block's frames (802.1Q tag put back) and stamps; release it."""
+        mm = self.mm
+        off = self._cur * self.block_size
+        num: int
+        _status, num, first = BLOCK_HDR.unpack_from(mm, off + BLOCK_STATUS_OFFSET)
+        unpack = FRAME_HDR.unpack_from
+        add_frame = frames.append
+        add_ts = stamps.append
+        p = off + first
+        for _ in range(num):
+            nxt, sec, nsec, snap, status, mac = unpack(mm, p)
+            a = p + mac
+            if status & TP_STATUS_VLAN_VALID:
+                # The NIC or the stack moved the tag into metadata; put it back after the MACs
+                # so VLAN ids survive, as libpcap does.
+                tci, tpid = FRAME_VLAN.unpack_from(mm, p + FRAME_VLAN_OFFSET)
+                if not status & TP_STATUS_VLAN_TPID_VALID:
+                    tpid = ETH_P_8021Q
+                add_frame(
+                    mm[a : a + 12] + VLAN_TAG.pack(tpid, tci & 0xFFFF) + mm[a + 12 : a + snap]
+                )
+            else:
+                add_frame(mm[a : a + snap])
+            add_ts(sec * 1_000_000 + nsec // 1000)
+            p += nxt
+        self._release(off)
+        return num
+
+    def read_cooked(self, frames: list[bytes], stamps: list[int]) -> int:
+        """Like :meth:`read_ethernet` for SOCK_DGRAM: each frame gets a Linux cooked v2 header."""
+        mm = self.mm
+        off = self._cur * self.block_size
+        num: int
+        _status, num, first = BLOCK_HDR.unpack_from(mm, off + BLOCK_STATUS_OFFSET)
+        unpack = FRAME_HDR.unpack_from
+        add_frame = frames.append
+        add_ts = stamps.append
+        cache = self._cooked
+        get = cache.get
+        p = off + first
+        for _ in range(num):
+            nxt, sec, nsec, snap, status, mac = unpack(mm, p)
+            s = p + FRAME_SLL_OFFSET
+            key = mm[s : s + FRAME_SLL_LEN]
+            hdr = get(key)
+            if hdr is None:
+                hdr = _sll2(key)
+                if len(cache) >= _COOKED_CACHE_MAX:
+                    cache.clear()
+                cache[key] = hdr
+            a = p + mac
+            if status & TP_STATUS_VLAN_VALID:
+                # Same layout as Ethernet: the protocol field becomes the TPID, then TCI and the
+                # original protocol precede the network header.
+                tci, tpid = FRAME_VLAN.unpack_from(mm, p + FRAME_VLAN_OFFSET)
+                if not status & TP_STATUS_VLAN_TPID_VALID:
+                    tpid = ETH_P_8021Q
+                tag = VLAN_TAG.pack(tpid, tci & 0xFFFF)
+                add_frame(tag[:2] + hdr[2:] + tag[2:] + hdr[:2] + mm[a : a + snap])
+            else:
+                add_frame(hdr + mm[a : a + snap])
+            add_ts(sec * 1_000_000 + nsec // 1000)
+            p += nxt
+        self._release(off)
+        return num
+
+    def unread(self) -> int:
+        """Frames in blocks handed over but not read (all of them when the ring is full)."""
+        mm, size, n = self.mm, self.block_size, 0
+        for i in range(self.block_count):
+            status, num, _first = BLOCK_HDR.unpack_from(mm, i * size + BLOCK_STATUS_OFFSET)
+            if status & TP_STATUS_USER:
+                n += num
+        return int(n)
+
+    def close(self) -> None:
+        """Unmap the ring (the kernel frees it when the socket closes)."""
+        self.mm.close()
+
+
+def _sll2(sll: bytes) -> bytes:
+    """The 20-byte LINKTYPE_LINUX_SLL2 header for a sockaddr_ll (from sll_protocol on)."""
+    proto, ifindex, hatype, pkttype, halen, addr = FRAME_SLL.unpack(sll)
+    return SLL2_HDR.pack(proto, ifindex, hatype, pkttype, halen, addr)

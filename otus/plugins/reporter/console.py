@@ -1,0 +1,117 @@
+"""Console reporter: records as JSON lines or readable text, on stdout, stderr or a file."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import IO, Any, Literal
+
+import orjson
+from pydantic import Field
+
+from otus.core.errors import ReporterError
+from otus.core.model import SpecModel
+from otus.core.packet import IPPROTO_TCP, OutputPacket
+from otus.core.record import format_ts, to_record
+from otus.plugins.base import PluginContext
+
+__all__ = ["ConsoleConfig", "ConsoleReporter", "format_text"]
+
+
+class ConsoleConfig(SpecModel):
+    """Where and how to print records."""
+
+    format: Literal["json", "text"] = Field(default="json", description="JSON lines or text.")
+    stream: Literal["stdout", "stderr"] = "stdout"
+    path: str | None = Field(
+        default=None, max_length=4096, description="Append to this file instead of a stream."
+    )
+
+
+def _party(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "-"
+    return str(d.get("uri") or "-")
+
+
+def format_text(out: OutputPacket) -> str:
+    """One readable line per message."""
+    p = out.payload
+    proto = "tcp" if out.transport == IPPROTO_TCP else "udp"
+    if p.get("method"):
+        what = f"{p['method']} {p.get('request_uri') or ''}".rstrip()
+    else:
+        cseq = p.get("cseq") or {}
+        what = f"{p.get('status_code')} {p.get('reason') or ''}".rstrip()
+        if cseq.get("method"):
+            what += f" ({cseq['method']})"
+    src = f"[{out.src_ip}]" if ":" in out.src_ip else out.src_ip
+    dst = f"[{out.dst_ip}]" if ":" in out.dst_ip else out.dst_ip
+    line = (
+        f"{format_ts(out.ts_us)} {proto} {src}:{out.src_port} -> {dst}:{out.dst_port} "
+        f"{what} call-id={p.get('call_id')} from={_party(p.get('from'))} to={_party(p.get('to'))}"
+    )
+    enc = out.encap
+    if enc is not None:
+        tags = [f"vlan={','.join(map(str, enc.vlans))}"] if enc.vlans else []
+        tags += [t.type + (f":{t.id}" if t.id is not None else "") for t in enc.tunnels]
+        line += " [" + " ".join(tags) + "]"
+    return line
+
+
+class ConsoleReporter:
+    """Writes each record as it comes; a full pipe blocks (that is the backpressure)."""
+
+    Config = ConsoleConfig
+
+    def __init__(self, config: ConsoleConfig, ctx: PluginContext) -> None:
+        self._text = config.format == "text"
+        self._task, self._agent = ctx.task_id, ctx.agent_id
+        self._own: IO[bytes] | None = None
+        if config.path:
+            try:
+                self._own = open(config.path, "ab")  # noqa: SIM115 - closed in close()
+            except OSError as e:
+                raise ReporterError(f"cannot open {config.path!r}: {e.strerror}") from None
+            self._out: IO[bytes] = self._own
+        else:
+            self._out = (sys.stdout if config.stream == "stdout" else sys.stderr).buffer
+        self._written = 0
+        self._failed = 0
+
+    async def report(self, batch: list[OutputPacket]) -> None:
+        """Write the batch in one system call."""
+        if not batch:
+            return
+        if self._text:
+            data = ("\n".join(map(format_text, batch)) + "\n").encode("utf-8", "replace")
+        else:
+            task, agent = self._task, self._agent
+            dumps, opt = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+            data = b"".join([dumps(to_record(o, task, agent), option=opt) for o in batch])
+        try:
+            self._out.write(data)
+            self._written += len(batch)
+        except (BrokenPipeError, OSError):
+            # The reader went away (`otus run ... | head`): count, don't crash.
+            self._failed += len(batch)
+
+    async def flush(self) -> None:
+        """Flush the stream."""
+        try:
+            self._out.flush()
+            if self._own is not None:
+                os.fsync(self._own.fileno())
+        except (BrokenPipeError, OSError):
+            pass
+
+    async def close(self) -> None:
+        """Flush and close an owned file."""
+        await self.flush()
+        if self._own is not None:
+            self._own.close()
+            self._own = None
+
+    def stats(self) -> dict[str, int]:
+        """``report.console.written`` and ``report.drop.console_failed``."""
+        return {"report.console.written": self._written, "report.drop.console_failed": self._failed}

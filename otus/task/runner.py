@@ -1,0 +1,249 @@
+"""Run a task: its fanout workers as processes (or inline), with their counters aggregated."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing as mp
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from otus.core.errors import TaskStartError
+from otus.core.stats import Stats, merge
+from otus.pipeline.builder import build_pipeline
+from otus.pipeline.latency import Histogram
+from otus.pipeline.pipeline import STAGES, Pipeline
+from otus.pipeline.spec import TaskSpec
+from otus.plugins.base import PluginContext
+from otus.task.worker import worker_main
+
+__all__ = ["TaskRunner", "WorkerState"]
+
+_START_TIMEOUT_S = 30.0
+_STOP_GRACE_S = 10.0
+
+
+def worker_count(spec: TaskSpec) -> int:
+    """How many fanout workers a task runs."""
+    return int(getattr(spec.capture, "fanout_size", 1) or 1)
+
+
+@dataclass(slots=True)
+class WorkerState:
+    """What the parent knows about one worker."""
+
+    index: int
+    process: BaseProcess | None = None
+    conn: Connection | None = None
+    started: bool = False
+    done: bool = False
+    error: str | None = None
+    exitcode: int | None = None
+    stats: Stats = field(default_factory=dict)
+    latency: dict[str, Any] = field(default_factory=dict)
+
+
+class TaskRunner:
+    """Starts, watches and stops the workers of one task; `stats()` sums their latest counters."""
+
+    def __init__(
+        self,
+        spec: TaskSpec,
+        *,
+        agent_id: str = "",
+        inline: bool | None = None,
+        on_change: Callable[[TaskRunner], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.agent_id = agent_id
+        self.workers = [WorkerState(i) for i in range(worker_count(spec))]
+        # One worker reading a file runs in this process; live capture always gets processes.
+        self.inline = (len(self.workers) == 1) if inline is None else inline
+        self.on_change = on_change
+        self._pipeline: Pipeline | None = None
+        self._done = asyncio.Event()
+        self._stop_requested = False
+        self.started_at = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every worker and wait until each has built its pipeline; clean up on failure."""
+        self.started_at = time.time()
+        if self.inline:
+            self._start_inline()
+            return
+        ctx = mp.get_context("spawn")
+        data = self.spec.model_dump(mode="json")
+        loop = asyncio.get_running_loop()
+        n = len(self.workers)
+        for w in self.workers:
+            parent, child = ctx.Pipe(duplex=False)
+            pctx = PluginContext(self.spec.id, self.agent_id, w.index, n)
+            proc = ctx.Process(
+                target=worker_main, args=(data, pctx, child), name=f"otus-{self.spec.id}-{w.index}"
+            )
+            proc.daemon = True
+            proc.start()
+            child.close()
+            w.process, w.conn = proc, parent
+            loop.add_reader(parent.fileno(), self._on_readable, w)
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while not all(w.started or w.done for w in self.workers):
+            if time.monotonic() > deadline:
+                await self._kill_all()
+                raise TaskStartError(f"task {self.spec.id}: workers did not start in time")
+            await asyncio.sleep(0.02)
+        errors = [w.error for w in self.workers if w.error]
+        if errors:
+            await self.stop()
+            await self.wait()
+            raise TaskStartError(f"task {self.spec.id}: {errors[0]}")
+
+    def _start_inline(self) -> None:
+        w = self.workers[0]
+        ctx = PluginContext(self.spec.id, self.agent_id, 0, 1)
+
+        def publish(p: Pipeline) -> None:
+            w.stats = p.stats()
+            w.latency = dict(p.latency_wire())
+            self._changed()
+
+        try:
+            self._pipeline = build_pipeline(self.spec, ctx, on_stats=publish)
+        except Exception as e:
+            raise TaskStartError(f"task {self.spec.id}: {e}") from None
+        w.started = True
+        self._inline_task = asyncio.get_running_loop().create_task(self._run_inline(w))
+
+    async def _run_inline(self, w: WorkerState) -> None:
+        assert self._pipeline is not None
+        try:
+            w.stats = await self._pipeline.run()
+            w.exitcode = 0
+        except Exception as e:
+            w.error = str(e) or repr(e)
+            w.exitcode = 1
+        w.done = True
+        self._check_done()
+
+    def _on_readable(self, w: WorkerState) -> None:
+        assert w.conn is not None
+        try:
+            msg = w.conn.recv()
+        except (EOFError, OSError):
+            self._worker_gone(w)
+            return
+        kind = msg[0]
+        if kind == "started":
+            w.started = True
+        elif kind in ("stats", "final"):
+            w.stats, w.latency = msg[1], msg[2]
+            if kind == "final":
+                w.exitcode = 0
+        elif kind == "error":
+            w.error = msg[1]
+        self._changed()
+        self._check_limits()
+
+    def _worker_gone(self, w: WorkerState) -> None:
+        assert w.conn is not None and w.process is not None
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(w.conn.fileno())
+        w.conn.close()
+        w.process.join(timeout=5)
+        code = w.process.exitcode
+        w.exitcode = code
+        if code not in (0, None) and w.error is None:
+            w.error = f"worker {w.index} exited with code {code}"
+            if code is not None and code < 0:
+                w.error = f"worker {w.index} killed by signal {signal.Signals(-code).name}"
+        w.done = True
+        self._changed()
+        self._check_done()
+
+    def _check_done(self) -> None:
+        if all(w.done for w in self.workers):
+            self._done.set()
+            self._changed()
+
+    def _check_limits(self) -> None:
+        # Each worker enforces max_packets on its own share; across workers the parent does.
+        limit = self.spec.limits.max_packets
+        if limit is None or len(self.workers) == 1 or self._stop_requested:
+            return
+        if sum(w.stats.get("capture.packets", 0) for w in self.workers) >= limit:
+            self.request_stop()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)
+
+    def request_stop(self) -> None:
+        """Ask every worker to stop (non-blocking)."""
+        self._stop_requested = True
+        if self._pipeline is not None:
+            self._pipeline.stop()
+        for w in self.workers:
+            if w.process is not None and not w.done and w.process.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    w.process.terminate()
+
+    async def stop(self, grace_s: float = _STOP_GRACE_S) -> None:
+        """Stop the workers, waiting for them to flush; kill what does not stop in time."""
+        self.request_stop()
+        try:
+            await asyncio.wait_for(self._done.wait(), grace_s)
+        except TimeoutError:
+            await self._kill_all()
+
+    async def _kill_all(self) -> None:
+        for w in self.workers:
+            if w.process is not None and w.process.is_alive():
+                w.process.kill()
+        for _ in range(100):
+            if all(w.done for w in self.workers if w.process is not None):
+                break
+            await asyncio.sleep(0.05)
+
+    async def wait(self) -> Stats:
+        """Wait until every worker has finished; return the aggregated counters."""
+        await self._done.wait()
+        return self.stats()
+
+    # -- observation ---------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """Every worker has finished."""
+        return self._done.is_set()
+
+    @property
+    def error(self) -> str | None:
+        """The first worker failure, if any."""
+        for w in self.workers:
+            if w.error:
+                return w.error
+        return None
+
+    def stats(self) -> Stats:
+        """Counters summed over workers (latest snapshot of each)."""
+        return merge(w.stats for w in self.workers)
+
+    def per_worker(self) -> list[Stats]:
+        """Each worker's latest counters."""
+        return [dict(w.stats) for w in self.workers]
+
+    def latency(self) -> dict[str, Histogram]:
+        """Latency histograms summed over workers."""
+        out = {s: Histogram() for s in STAGES}
+        for w in self.workers:
+            for stage, wire in w.latency.items():
+                if stage in out:
+                    out[stage].merge(Histogram.from_wire(wire))
+        return out

@@ -1,0 +1,1 @@
+"""Scripts that record and rewrite test captures; never imported by otus/."""
