@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import importlib
+import os
 import platform
 import sys
 
-CASES = {"offline": "bench.offline"}
+# "live" needs root (network namespaces, AF_PACKET), tcpreplay and tcpdump.
+CASES = {"offline": "bench.offline", "live": "bench.afpacket"}
 
 
 def main(argv: list[str]) -> int:
-    """Run the named cases (default: all that need no root)."""
-    names = argv or ["offline"]
+    """Run the named cases (default: offline, and live when root)."""
+    names = argv or (["offline", "live"] if os.geteuid() == 0 else ["offline"])
     impl = f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})"
-    print(f"# otus bench on {impl}, single core")
+    print(f"# otus bench on {impl}; offline cases on a single core")
     for name in names:
         mod = importlib.import_module(CASES[name])
         for label, rate, unit in mod.main():

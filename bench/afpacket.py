@@ -1,17 +1,23 @@
-"""Live capture on a veth pair: otus's AF_PACKET capturer against ``tcpdump -w /dev/null``.
+"""Live capture on a veth pair: otus against ``tcpdump -w /dev/null``, then with the full pipeline.
 
-Namespace A replays a pcap of SIP frames with tcpreplay (bounded ``--loop``) into a veth whose
-peer sits in namespace B, where either capturer runs with the same filter and ring size.
+Namespace A replays real sipp frames (tests/data: IPv4, IPv6, fragmented INVITEs, 802.1Q and
+QinQ; every frame passes the default filter) with tcpreplay, bounded by ``--loop``, into a veth
+whose peer sits in namespace B, where the capturer runs with the default SIP filter. The sender
+is pinned to CPU 0, the capturer to CPU 1 (the sender's softirq work also lands on CPU 0).
 
-- **live**: both see the same offered rates, an ascending ladder of ``--pps`` then
-  ``--topspeed``; per run: the rate tcpreplay achieved, frames captured, kernel drops and the
-  capturer's CPU time per frame. The sender shares the machine with the capturer (and its
-  softirq work runs on the sender's CPU), so a hungrier capturer also slows the sender.
+- **capture-only**: otus's AF_PACKET capturer counting frames, and tcpdump, at the same offered
+  rates: an ascending ladder of ``--pps`` then ``--topspeed``. The max rate each sustains with
+  zero kernel drops, and the CPU each spends per frame.
+- **full**: ``otus run -i`` (one worker: capture, decode, SIP parse, JSON record to /dev/null),
+  stepping the rate up until the kernel drops; a smaller ring (4 MiB) so a backlog cannot hide
+  an overload for long. The last clean rate is the per-worker figure.
 - **drain**: the capturer is stopped (SIGSTOP) while N frames pile up in a 256 MiB ring, then
   resumed; N / time-to-consume-all is its capture-only rate, independent of the sender.
 
-Needs root, tcpreplay, tcpdump and taskset. ``python bench/afpacket.py [--quick]``; ``main()``
-returns the summary rows for ``python -m bench``.
+The offered rate is what tcpreplay achieved (``sent / seconds``), which may be below the ask on a
+busy machine; the load average is printed with the results. Needs root, tcpreplay, tcpdump and
+taskset. ``python bench/afpacket.py [--quick]``; ``main()`` returns the rows ``python -m bench``
+prints.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -30,26 +37,40 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parent.parent
 NS_A = f"otus-bencha-{os.getpid()}"
 NS_B = f"otus-benchb-{os.getpid()}"
 IF_A, IF_B = "ba0", "bb0"
 LIVE_RING_MIB = 32  # the capturer's default ring (256 KiB x 128)
+FULL_RING_BLOCKS = 16  # 4 MiB: ~6,000 SIP frames, a fraction of a second at the rates reached
 DRAIN_RING_MIB = 256
 LADDER = (50_000, 100_000, 150_000, 200_000, 300_000, 400_000, 600_000)
-PCAP_FRAMES = 2000
+FULL_LADDER = (10_000, 15_000, 20_000, 25_000, 30_000, 40_000, 50_000, 75_000, 100_000, 150_000)
+# Real sipp captures weighted like bench/corpus.py; their SIP frames and fragments (no ARP or
+# neighbour discovery) all pass the default filter. No QinQ: tcpdump's kernel-side "vlan" tests
+# the metadata tag, so its default filter would miss those frames and the counts would differ.
+CORPUS = {
+    "sip-udp4.pcap": 6,
+    "sip-udp6.pcap": 2,
+    "sip-udp4-frag.pcap": 1,
+    "sip-udp6-frag.pcap": 1,
+    "sip-udp4-vlan.pcap": 2,
+    "encap-dot1q.pcap": 1,
+}
 _TICK = os.sysconf("SC_CLK_TCK")
+_SUMMARY = re.compile(r"^otus: (packets=.*)$", re.MULTILINE)
 
 
 @dataclass(slots=True)
 class Run:
     """One replay into one capturer."""
 
-    tool: str
+    tool: str  # "otus", "tcpdump" or "otus full"
     target: str  # "topspeed", the --pps asked for, or "drain"
     offered: int  # frames tcpreplay sent
     seconds: float  # of sending (live) or of consuming the backlog (drain)
     captured: int
-    dropped: int  # by the kernel, ring full
+    dropped: int  # by the kernel (ring full), plus accepted but unread at shutdown
     cpu_s: float  # user + system time of the capturing process during the run
 
     @property
@@ -96,26 +117,29 @@ def _teardown() -> None:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
 
 
-def _write_pcap(path: Path) -> None:
-    """SIP over UDP, 7 messages per call (350..1100 bytes), 20 destination ports."""
-    from scapy.layers.inet import IP, UDP
-    from scapy.layers.l2 import Ether
-    from scapy.utils import wrpcap
+def _write_pcap(path: Path) -> int:
+    """The replayed file: CORPUS frames (Ethernet) in a plain pcap; returns the frame count."""
+    from bench.corpus import load
+    from otus.core.packet import LINKTYPE_ETHERNET
 
-    sizes = (1100, 350, 450, 950, 380, 400, 360)
-    pkts = []
-    for i in range(PCAP_FRAMES):
-        call, step = divmod(i, len(sizes))
-        head = f"SIP/2.0 200 OK\r\nCall-ID: {call}@bench\r\nCSeq: {step} X\r\n"
-        body = (head + "a=x\r\n" * (sizes[step] // 5)).encode()[: sizes[step]]
-        a, b = ("10.0.0.1", "10.0.0.2") if step % 2 == 0 else ("10.0.0.2", "10.0.0.1")
-        pkts.append(
-            Ether(src="02:00:00:00:00:0a", dst="02:00:00:00:00:0b")
-            / IP(src=a, dst=b)
-            / UDP(sport=5060, dport=5060 + call % 20)
-            / body
-        )
-    wrpcap(str(path), pkts)
+    frames = [f for b in load(CORPUS) if b.linktype == LINKTYPE_ETHERNET for f in b.frames]
+    frames = [f for f in frames if _sip_or_fragment(f)]
+    with path.open("wb") as out:
+        out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, LINKTYPE_ETHERNET))
+        for i, f in enumerate(frames):
+            out.write(struct.pack("<IIII", i, 0, len(f), len(f)) + f)
+    return len(frames)
+
+
+def _sip_or_fragment(frame: bytes) -> bool:
+    """UDP over IPv4, or UDP or a fragment over IPv6, behind any 802.1Q/802.1ad tags."""
+    off = 12
+    while frame[off : off + 2] in (b"\x81\x00", b"\x88\xa8"):
+        off += 4
+    kind, l3 = frame[off : off + 2], off + 2
+    if kind == b"\x08\x00":
+        return frame[l3 + 9] == 17
+    return kind == b"\x86\xdd" and frame[l3 + 6] in (17, 44)
 
 
 def _replay(pcap: Path, loops: int, pps: int | None) -> tuple[int, float]:
@@ -153,9 +177,13 @@ def _finish(proc: subprocess.Popen[str]) -> tuple[str, str]:
             proc.wait()
 
 
-def _otus(pcap: Path, loops: int, pps: int | None, drain: bool) -> Run:
+def _loops(pps: int | None, seconds: float, frames: int) -> int:
+    return max(1, int((pps or 400_000) * seconds) // frames)
+
+
+def _otus(pcap: Path, frames: int, loops: int, pps: int | None, drain: bool) -> Run:
     ring = DRAIN_RING_MIB if drain else LIVE_RING_MIB
-    count = loops * PCAP_FRAMES if drain else 0
+    count = loops * frames if drain else 0
     proc = _start([sys.executable, __file__, "--child", IF_B, str(ring), str(count)], "ready",
                   err=False)  # fmt: skip
     cpu0 = _cpu(proc.pid)  # start-up (imports, ring set-up) is not per-frame work
@@ -177,11 +205,13 @@ def _otus(pcap: Path, loops: int, pps: int | None, drain: bool) -> Run:
                st["capture.packets"], st["capture.drop.kernel"], cpu)  # fmt: skip
 
 
-def _tcpdump(pcap: Path, loops: int, pps: int | None, drain: bool, expr: str) -> Run:
+def _tcpdump(pcap: Path, frames: int, loops: int, pps: int | None, drain: bool) -> Run:
+    from otus.plugins.capture.afpacket import DEFAULT_FILTER
+
     ring = (DRAIN_RING_MIB if drain else LIVE_RING_MIB) * 1024
-    count = ["-c", str(loops * PCAP_FRAMES)] if drain else []
+    count = ["-c", str(loops * frames)] if drain else []
     proc = _start(["tcpdump", "-i", IF_B, "-n", "-w", "/dev/null", "-B", str(ring), "-s", "65535",
-                   *count, expr], "listening", err=True)  # fmt: skip
+                   *count, DEFAULT_FILTER], "listening", err=True)  # fmt: skip
     cpu0 = _cpu(proc.pid)
     if drain:
         os.kill(proc.pid, signal.SIGSTOP)
@@ -200,6 +230,40 @@ def _tcpdump(pcap: Path, loops: int, pps: int | None, drain: bool, expr: str) ->
     num = {k: int(v) for v, k in re.findall(r"(\d+) packets? (captured|dropped by kernel)", err)}
     return Run("tcpdump", "drain" if drain else str(pps or "topspeed"), sent, secs,
                num["captured"], num["dropped by kernel"], cpu)  # fmt: skip
+
+
+def _bound_sockets() -> int:
+    """Packet sockets bound in B (``/proc/net/packet`` is per namespace)."""
+    rows = _sh("ip", "netns", "exec", NS_B, "cat", "/proc/net/packet").splitlines()[1:]
+    return sum(1 for r in rows if r.split()[3:4] == ["0003"])
+
+
+def _otus_full(pcap: Path, task: Path, loops: int, pps: int) -> Run:
+    """``otus run -i`` with one worker, records to /dev/null; counters from its summary line."""
+    argv = [sys.executable, "-m", "otus", "run", "-i", IF_B, "--task", str(task)]
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", NS_B, *_pin(1), *argv],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while _bound_sockets() < 1:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _finish(proc)
+            raise RuntimeError("otus run did not start capturing")
+        time.sleep(0.05)
+    time.sleep(0.3)
+    cpu0 = _cpu(proc.pid)
+    sent, secs = _replay(pcap, loops, pps)
+    time.sleep(0.5)  # the last partly filled block is handed over and parsed
+    cpu = _cpu(proc.pid) - cpu0
+    proc.send_signal(signal.SIGTERM)
+    _, err = _finish(proc)
+    found = _SUMMARY.findall(err)
+    if not found:
+        raise RuntimeError(f"otus run printed no summary: {err[-2000:]}")
+    s = {k: int(v) for k, v in (kv.split("=", 1) for kv in found[-1].split())}
+    lost = s.get("capture.kernel", 0) + s.get("capture.shutdown", 0)
+    return Run("otus full", str(pps), sent, secs, s["packets"], lost, cpu)
 
 
 async def _child(iface: str, ring_mib: int, count: int) -> None:
@@ -228,66 +292,110 @@ async def _child(iface: str, ring_mib: int, count: int) -> None:
 Row = tuple[str, float, str]
 
 
-def _report(runs: list[Run]) -> list[Row]:
+def _clean_max(runs: list[Run]) -> tuple[float, bool]:
+    """The highest offered rate before the first run with drops; whether any run dropped."""
+    clean = 0.0
+    for r in runs:  # ascending asks
+        if r.dropped:
+            return clean, True
+        clean = max(clean, r.pps)
+    return clean, False
+
+
+def _report(runs: list[Run], load: tuple[str, str]) -> list[Row]:
     """Print every run; return the summary rows (label, rate, unit) ``python -m bench`` prints."""
-    print(f"# {'tool':8} {'run':>9} {'pps':>10} {'frames':>9} {'captured':>9} {'drops':>7} "
+    print(f"# {'tool':9} {'run':>9} {'pps':>10} {'frames':>9} {'captured':>9} {'drops':>7} "
           f"{'cpu us/frame':>12}")  # fmt: skip
     for r in runs:
         cpu = f"{r.us_per_frame:12.2f}" if r.cpu_s else f"{'-':>12}"
-        print(f"# {r.tool:8} {r.target:>9} {r.pps:10,.0f} {r.offered:9} {r.captured:9} "
+        print(f"# {r.tool:9} {r.target:>9} {r.pps:10,.0f} {r.offered:9} {r.captured:9} "
               f"{r.dropped:7} {cpu}")  # fmt: skip
     print("# live: pps = rate tcpreplay achieved; drain: pps = backlog consumed per second")
+    print(f"# load average (1, 5, 15 min) before: {load[0]}; after: {load[1]}")
     rows: list[Row] = []
-    for tool in ("otus", "tcpdump"):
+    labels = {
+        "otus": "live capture-only, zero-drop max: otus",
+        "tcpdump": "live capture-only, zero-drop max: tcpdump -w /dev/null",
+        "otus full": "live capture + SIP parse + JSON, zero-drop max, 1 worker",
+    }
+    for tool, label in labels.items():
         live = [r for r in runs if r.tool == tool and r.target != "drain"]
-        clean = 0.0
-        for r in live:  # ascending asks: the rate reached before the first run with drops
-            if r.dropped:
-                break
-            clean = max(clean, r.pps)
-        rows.append((f"afpacket live, zero kernel drops up to: {tool}", clean, "pps"))
-        label = f"afpacket capture-only (drain a backlog): {tool}"
-        rows.extend((label, r.pps, "pps") for r in runs if r.tool == tool and r.target == "drain")
+        if not live:
+            continue
+        clean, dropped = _clean_max(live)
+        if not dropped:
+            print(f"# {tool}: no drops at any rate tcpreplay reached: the sender was the limit")
+        rows.append((label, clean, "pps"))
         cpu = [r for r in live if r.cpu_s]
         if cpu:
             best = min(r.us_per_frame for r in cpu)
-            rows.append((f"afpacket live, frames per CPU second: {tool}", 1e6 / best, "frames/s"))
+            what = label.split(",")[0]
+            rows.append((f"{what}, frames per CPU second: {tool}", 1e6 / best, "frames/s"))
+    drains = [r for r in runs if r.target == "drain"]
+    rows.extend((f"capture-only, drain a 256 MiB backlog: {r.tool}", r.pps, "pps") for r in drains)
     return rows
+
+
+def _capture_ladder(pcap: Path, frames: int, seconds: float, quick: bool) -> list[Run]:
+    runs: list[Run] = []
+    rates: list[int | None] = [*(() if quick else LADDER), None]
+    for pps in rates:
+        loops = _loops(pps, seconds, frames)
+        pair = [_otus(pcap, frames, loops, pps, False), _tcpdump(pcap, frames, loops, pps, False)]
+        runs += pair
+        if pps and all(r.dropped or r.pps < 0.85 * pps for r in pair):
+            break  # both drop, or the sender cannot go faster: go to topspeed
+    return runs
+
+
+def _full_ladder(pcap: Path, frames: int, seconds: float, tmp: Path, quick: bool) -> list[Run]:
+    task = tmp / "full.yaml"
+    task.write_text(
+        "id: bench-live\n"
+        f"capture: {{type: afpacket, interfaces: [{IF_B}], block_count: {FULL_RING_BLOCKS}}}\n"
+        "reporters: [{type: console, config: {format: json}}]\n"
+    )
+    runs: list[Run] = []
+    for pps in FULL_LADDER[::2] if quick else FULL_LADDER:
+        r = _otus_full(pcap, task, _loops(pps, seconds, frames), pps)
+        runs.append(r)
+        if r.dropped or r.pps < 0.85 * pps:
+            break
+    return runs
 
 
 def main(argv: list[str] | None = None) -> list[Row]:
     """Run the comparison: print every run, return the summary rows (none when it cannot run)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=2.0, help="length of each live run")
+    ap.add_argument("--seconds", type=float, default=3.0, help="length of each live run")
     ap.add_argument("--drain-frames", type=int, default=150_000, help="backlog of a drain run")
-    ap.add_argument("--quick", action="store_true", help="topspeed and drain only")
+    ap.add_argument("--quick", action="store_true", help="topspeed, a short full ladder, drain")
+    ap.add_argument("--cases", default="capture,full,drain", help="comma-separated subset")
     args = ap.parse_args(argv or [])
+    cases = set(args.cases.split(","))
     missing = [t for t in ("tcpreplay", "tcpdump", "ip", "taskset") if shutil.which(t) is None]
     if os.geteuid() != 0 or missing:
-        print(f"# afpacket bench skipped: needs root and {', '.join(missing) or 'nothing else'}")
+        print(f"# live bench skipped: needs root and {', '.join(missing) or 'nothing else'}")
         return []
-    from otus.plugins.capture.afpacket import DEFAULT_FILTER
-
     runs: list[Run] = []
+    load0 = " ".join(f"{x:.2f}" for x in os.getloadavg())
     _setup()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             pcap = Path(tmp) / "sip.pcap"
-            _write_pcap(pcap)
-            rates: list[int | None] = [*(() if args.quick else LADDER), None]
-            for pps in rates:
-                loops = max(1, int((pps or 400_000) * args.seconds) // PCAP_FRAMES)
-                pair = [_otus(pcap, loops, pps, False),
-                        _tcpdump(pcap, loops, pps, False, DEFAULT_FILTER)]  # fmt: skip
-                runs += pair
-                if pps and all(r.dropped or r.pps < 0.85 * pps for r in pair):
-                    break  # both drop, or the sender cannot go faster: go to topspeed
-            loops = max(1, args.drain_frames // PCAP_FRAMES)
-            runs.append(_otus(pcap, loops, None, True))
-            runs.append(_tcpdump(pcap, loops, None, True, DEFAULT_FILTER))
+            frames = _write_pcap(pcap)
+            if "capture" in cases:
+                runs += _capture_ladder(pcap, frames, args.seconds, args.quick)
+            if "full" in cases:
+                runs += _full_ladder(pcap, frames, args.seconds, Path(tmp), args.quick)
+            if "drain" in cases:
+                loops = max(1, args.drain_frames // frames)
+                runs.append(_otus(pcap, frames, loops, None, True))
+                runs.append(_tcpdump(pcap, frames, loops, None, True))
     finally:
         _teardown()
-    return _report(runs)
+    load1 = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return _report(runs, (load0, load1))
 
 
 def _child_main(iface: str, ring: str, count: str) -> None:
@@ -301,6 +409,7 @@ def _child_main(iface: str, ring: str, count: str) -> None:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
     if sys.argv[1:2] == ["--child"]:
         _child_main(*sys.argv[2:5])
     else:

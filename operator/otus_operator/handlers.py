@@ -196,23 +196,34 @@ def _node_labels(nodes: Any) -> dict[str, dict[str, str]]:
 
 @kopf.daemon(*CT, id="reconcile", registry=registry, cancellation_timeout=5.0)
 async def reconcile(
-    body: kopf.Body, namespace: str | None, name: str, memo: Any, nodes: Any, **_: Any
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    memo: Any,
+    stopped: kopf.DaemonStopped,
+    **kwargs: Any,
 ) -> None:
     """Assign, aggregate and report, on every change and at least every ``resync_s``."""
     state = _memo(memo)
+    nodes = kwargs["nodes"]  # the index of that id
     key = f"{namespace}/{name}"
     ev = state.wakers.setdefault(key, asyncio.Event())
+    stop = asyncio.ensure_future(stopped.wait())  # exit at once on deletion or shutdown
     try:
-        while True:
+        while not stopped:
             ev.clear()
             try:
                 await _reconcile_once(state, body, _node_labels(nodes))
             except ApiError as e:
                 log.warning("capturetask %s: %s", key, e)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ev.wait(), state.config.resync_s)
+            wake = asyncio.ensure_future(ev.wait())
+            await asyncio.wait(
+                {wake, stop}, timeout=state.config.resync_s, return_when="FIRST_COMPLETED"
+            )
+            wake.cancel()
             await asyncio.sleep(0.05)  # let a burst of changes (index, events) settle
     finally:
+        stop.cancel()
         state.wakers.pop(key, None)
 
 

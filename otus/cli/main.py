@@ -7,8 +7,14 @@ import sys
 from collections.abc import Sequence
 
 from otus import __version__
+from otus.cli import completion as completion_cmd
+from otus.cli import ctl as ctl_cmd
+from otus.cli import daemon as daemon_cmd
 from otus.cli import run as run_cmd
-from otus.core.errors import ConfigError, OtusError
+from otus.cli import task as task_cmd
+from otus.cli.client import EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_USAGE
+from otus.control.jsonrpc import INVALID_PARAMS, INVALID_SPEC
+from otus.core.errors import ConfigError, DaemonNotRunningError, OtusError, RpcError
 
 __all__ = ["build_parser", "main"]
 
@@ -22,10 +28,21 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used for shell completion)."""
-    p = _Parser(prog="otus", description="Capture SIP signalling and stream it, parsed.")
+    p = _Parser(
+        prog="otus",
+        description="Capture SIP signalling and stream it, parsed.",
+        epilog="Control commands find the daemon's socket from --socket, $OTUS_SOCKET, the "
+        "config's daemon.socket_path (--config, $OTUS_CONFIG, /etc/otus/otus.yaml), else "
+        "/run/otus/otus.sock. Exit codes: 0 ok, 1 failed, 2 usage or invalid input, "
+        "3 daemon not running.",
+    )
     p.add_argument("--version", action="version", version=f"otus {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     run_cmd.register(sub)
+    daemon_cmd.register(sub)
+    task_cmd.register(sub)
+    ctl_cmd.register(sub)
+    completion_cmd.register(sub)
     return p
 
 
@@ -40,7 +57,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except ConfigError as e:
         print(f"otus: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except DaemonNotRunningError as e:
+        print(f"otus: {e}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    except RpcError as e:
+        print(f"otus: {e.message}", file=sys.stderr)
+        if isinstance(e.data, list):
+            for line in e.data:
+                print(f"  - {line}", file=sys.stderr)
+        return EXIT_USAGE if e.code in (INVALID_SPEC, INVALID_PARAMS) else EXIT_FAILED
     except OtusError as e:
         print(f"otus: {e}", file=sys.stderr)
         return 1

@@ -14,7 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-__all__ = ["DROP", "GAUGES", "Stats", "add", "drops", "format_summary", "is_gauge", "merge"]
+__all__ = [
+    "ALWAYS_SHOWN",
+    "DROP",
+    "GAUGES",
+    "Stats",
+    "add",
+    "drops",
+    "format_summary",
+    "is_gauge",
+    "merge",
+]
 
 Stats = dict[str, int]
 
@@ -56,6 +66,10 @@ def drops(stats: Mapping[str, int]) -> Stats:
     return {k.replace(DROP, ".", 1): v for k, v in stats.items() if DROP in k and v}
 
 
+# Drop counters the summary shows even at zero when a stage reports them: a live capture's
+# first question is whether the kernel lost anything.
+ALWAYS_SHOWN = frozenset({"capture.drop.kernel"})
+
 _HEADLINE = (
     ("capture.packets", "packets"),
     ("decode.packets", "decoded"),
@@ -66,9 +80,11 @@ _HEADLINE = (
 
 
 def format_summary(stats: Mapping[str, int]) -> str:
-    """One line: the headline counts, then every non-zero drop reason, then the rest."""
+    """One line: the headline counts, every non-zero drop reason (and ALWAYS_SHOWN), the rest."""
     parts = [f"{label}={stats.get(key, 0)}" for key, label in _HEADLINE]
     d = drops(stats)
+    for key in ALWAYS_SHOWN & stats.keys():
+        d.setdefault(key.replace(DROP, ".", 1), 0)
     parts.append("dropped=" + str(sum(d.values())))
     parts.extend(f"{k}={v}" for k, v in sorted(d.items()))
     shown = {k for k, _ in _HEADLINE}

@@ -1,4 +1,7 @@
-"""Pieces every decoder layer shares: the drop signal, the drop reasons, address strings."""
+"""Pieces every decoder layer shares: ethertypes, bounds, drop reasons, address strings.
+
+A layer that cannot go on returns its drop reason (a ``str``) instead of its usual tuple.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,6 @@ __all__ = [
     "MAX_TUNNELS",
     "MAX_VLANS",
     "REASSEMBLY_DROPS",
-    "Drop",
     "ntoa",
 ]
 
@@ -57,15 +59,7 @@ REASSEMBLY_DROPS = (
     "malformed",  # an empty fragment, or a non-last one whose length is not a multiple of 8
 )
 
-_ADDR_CACHE_LIMIT = 65536
-
-
-class Drop(Exception):
-    """Raised inside the decoder to end a frame; ``reason`` names its drop counter."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+_ADDR_CACHE_LIMIT = 16384
 
 
 def ntoa(cache: dict[bytes, str], raw: bytes) -> str:

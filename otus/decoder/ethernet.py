@@ -1,4 +1,7 @@
-"""Link layers: pcap link-type headers, Ethernet and its 802.1Q/802.1ad VLAN tags."""
+"""Link layers: pcap link-type headers, Ethernet and its 802.1Q/802.1ad VLAN tags.
+
+Each function returns its result tuple, or the drop reason (a ``str``) when the frame ends here.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from otus.core.packet import (
     LINKTYPE_NULL,
     LINKTYPE_RAW,
 )
-from otus.decoder.common import ETH_IPV4, ETH_IPV6, MAX_VLANS, Drop
+from otus.decoder.common import ETH_IPV4, ETH_IPV6, MAX_VLANS
 
 __all__ = ["LINKTYPE_LOOP", "TPIDS", "ethernet", "link", "vlan_tags"]
 
@@ -23,57 +26,57 @@ TPIDS = frozenset({0x8100, 0x88A8, 0x9100})
 _NULL_FAMILIES = {2: ETH_IPV4, 10: ETH_IPV6, 24: ETH_IPV6, 28: ETH_IPV6, 30: ETH_IPV6}
 
 
-def vlan_tags(f: bytes, off: int, end: int, etype: int, vlans: list[int]) -> tuple[int, int]:
-    """Skip the VLAN tags that ``etype`` announces; append their ids; return (offset, ethertype)."""
+def vlan_tags(f: bytes, off: int, end: int, etype: int, vlans: list[int]) -> tuple[int, int] | str:
+    """Skip the VLAN tags ``etype`` announces, appending their ids: (offset, ethertype)."""
     while etype in TPIDS:
         if off + 4 > end:
-            raise Drop("truncated")
+            return "truncated"
         if len(vlans) >= MAX_VLANS:
-            raise Drop("vlan_too_deep")
+            return "vlan_too_deep"
         vlans.append(((f[off] & 0x0F) << 8) | f[off + 1])
         etype = (f[off + 2] << 8) | f[off + 3]
         off += 4
     return off, etype
 
 
-def ethernet(f: bytes, off: int, end: int, vlans: list[int]) -> tuple[int, int]:
-    """Parse an Ethernet header at ``off``: (offset of its payload, ethertype after the tags)."""
+def ethernet(f: bytes, off: int, end: int, vlans: list[int]) -> tuple[int, int] | str:
+    """Parse an Ethernet header at ``off``: (offset of its payload, ethertype after tags)."""
     if off + 14 > end:
-        raise Drop("truncated")
+        return "truncated"
     # Below 0x0600 the field is an 802.3 length (LLC: STP, CDP); it then fails as not_ip.
     return vlan_tags(f, off + 14, end, (f[off + 12] << 8) | f[off + 13], vlans)
 
 
-def link(linktype: int, f: bytes, vlans: list[int]) -> tuple[int, int]:
+def link(linktype: int, f: bytes, vlans: list[int]) -> tuple[int, int] | str:
     """Strip the link header of a frame: (offset of the network layer, its ethertype)."""
     n = len(f)
     if linktype == LINKTYPE_ETHERNET:
         return ethernet(f, 0, n, vlans)
     if linktype == LINKTYPE_LINUX_SLL:
         if n < 16:
-            raise Drop("truncated")
+            return "truncated"
         # libpcap re-inserts a stripped VLAN tag over the protocol field, as in Ethernet.
         return vlan_tags(f, 16, n, (f[14] << 8) | f[15], vlans)
     if linktype == LINKTYPE_LINUX_SLL2:
         if n < 20:
-            raise Drop("truncated")
+            return "truncated"
         return vlan_tags(f, 20, n, (f[0] << 8) | f[1], vlans)
     if linktype == LINKTYPE_RAW:
         if n < 1:
-            raise Drop("truncated")
+            return "truncated"
         version = f[0] >> 4
         if version == 4:
             return 0, ETH_IPV4
         if version == 6:
             return 0, ETH_IPV6
-        raise Drop("malformed")
+        return "malformed"
     if linktype == LINKTYPE_IPV4:
         return 0, ETH_IPV4
     if linktype == LINKTYPE_IPV6:
         return 0, ETH_IPV6
     if linktype in (LINKTYPE_NULL, LINKTYPE_LOOP):
         if n < 4:
-            raise Drop("truncated")
+            return "truncated"
         if linktype == LINKTYPE_LOOP:
             family = int.from_bytes(f[:4], "big")
         else:
@@ -83,6 +86,6 @@ def link(linktype: int, f: bytes, vlans: list[int]) -> tuple[int, int]:
                 family = int.from_bytes(f[:4], "big")
         etype = _NULL_FAMILIES.get(family)
         if etype is None:
-            raise Drop("not_ip")
+            return "not_ip"
         return 4, etype
-    raise Drop("unsupported_link")
+    return "unsupported_link"

@@ -1,11 +1,13 @@
-"""The IPv6 extension-header chain and the context part of fragment keys."""
+"""The IPv6 extension-header chain and the context part of fragment keys.
+
+Parsers return their result tuple, or the drop reason (a ``str``) when the frame ends here.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Hashable
 
 from otus.core.packet import Tunnel
-from otus.decoder.common import Drop
 
 __all__ = ["IPV6_EXT", "ctx_key", "ipv6_ext"]
 
@@ -19,34 +21,32 @@ IPV6_EXT = _EXT_8 | {_AH, _FRAG}
 _MAX_EXT = 16  # real chains hold two or three; hostile ones are cut here
 
 
-def ipv6_ext(f: bytes, off: int, end: int, nh: int) -> tuple[int, int, int]:
-    """Walk extension headers from ``off``: (upper-layer offset, its protocol, fragment offset).
-
-    The walk stops after a fragment header that really fragments (the third value is then
-    where that header starts, else -1); atomic fragments (offset 0, no M flag) are walked over.
-    """
+def ipv6_ext(f: bytes, off: int, end: int, nh: int) -> tuple[int, int, int] | str:
+    """Walk extension headers: (upper-layer offset, its protocol, fragment header offset or -1)."""
+    # The walk stops after a fragment header that really fragments; atomic fragments (offset
+    # 0, no M flag, RFC 6946) are walked over like any other header.
     for _ in range(_MAX_EXT):
         if nh in _EXT_8:
             if off + 8 > end:
-                raise Drop("truncated")
+                return "truncated"
             nxt = off + ((f[off + 1] + 1) << 3)
         elif nh == _FRAG:
             if off + 8 > end:
-                raise Drop("truncated")
+                return "truncated"
             if ((f[off + 2] << 8) | f[off + 3]) & 0xFFF9:
                 return off + 8, f[off], off
             nxt = off + 8
         elif nh == _AH:
             if off + 8 > end:
-                raise Drop("truncated")
+                return "truncated"
             nxt = off + ((f[off + 1] + 2) << 2)
         else:
             return off, nh, -1
         if nxt > end:
-            raise Drop("truncated")
+            return "truncated"
         nh = f[off]
         off = nxt
-    raise Drop("malformed")
+    return "malformed"
 
 
 def ctx_key(vlans: list[int], tunnels: list[Tunnel]) -> Hashable:

@@ -74,6 +74,7 @@ class Reassembler:
         self.drops: dict[str, int] = dict.fromkeys(REASSEMBLY_DROPS, 0)
 
     def __len__(self) -> int:
+        """Datagrams being held."""
         return len(self._held)
 
     def add(
@@ -89,12 +90,10 @@ class Reassembler:
         weight: int = 1,
         fresh: bool = True,
     ) -> Completed | None:
-        """Hold one fragment; return the whole datagram when this one completes it.
-
-        ``hdr_len`` plus the payload end is what the datagram's length field would say (IPv4
-        total length, IPv6 payload length); it must stay within ``max_size``. ``fresh`` is
-        false for a piece that was itself reassembled (its frames were counted already).
-        """
+        """Hold one fragment; return the whole datagram when this one completes it."""
+        # ``hdr_len`` plus the payload end is what the datagram's length field would say (IPv4
+        # total length, IPv6 payload length): it must stay within ``max_size``. ``fresh`` is
+        # false for a piece that was itself reassembled (its frames were counted already).
         if fresh:
             self.fragments += weight
         n = len(data)
@@ -187,6 +186,7 @@ class Reassembler:
             self._expire_oldest(now_us)
 
     def _discard(self, key: Hashable, dg: _Datagram, reason: str) -> None:
+        """Forget a datagram, counting all its frames as dropped for ``reason``."""
         del self._held[key]
         self.pending_fragments -= dg.weight
         self.pending_bytes -= dg.nbytes

@@ -1,21 +1,22 @@
-"""The TCP header with its options (UDP is a few lines, inlined where it is read)."""
+"""The TCP header with its options (UDP is a few lines, inlined where it is read).
+
+Parsers return their result tuple, or the drop reason (a ``str``) when the frame ends here.
+"""
 
 from __future__ import annotations
-
-from otus.decoder.common import Drop
 
 __all__ = ["tcp"]
 
 
-def tcp(f: bytes, off: int, end: int) -> tuple[int, int, int, int, int]:
+def tcp(f: bytes, off: int, end: int) -> tuple[int, int, int, int, int] | str:
     """Parse a TCP header with its options: (sport, dport, payload offset, seq, flags)."""
     if off + 20 > end:
-        raise Drop("truncated")
+        return "truncated"
     hl = (f[off + 12] >> 4) << 2
     if hl < 20:
-        raise Drop("malformed")
+        return "malformed"
     if off + hl > end:
-        raise Drop("truncated")
+        return "truncated"
     return (
         (f[off] << 8) | f[off + 1],
         (f[off + 2] << 8) | f[off + 3],

@@ -23,6 +23,7 @@ from otus.plugins.parser.sip import SipConfig
 from otus.plugins.processor.filter import FilterConfig, LabelsConfig
 from otus.plugins.processor.k8s import K8sConfig
 from otus.plugins.reporter.console import ConsoleConfig
+from otus.plugins.reporter.kafka_config import KafkaConfig
 
 __all__ = [
     "CaptureSpec",
@@ -39,6 +40,7 @@ __all__ = [
 
 TASK_ID_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 TunnelName = Literal["vxlan", "geneve", "gre", "erspan", "ipip"]
+_ALL_TUNNELS: tuple[TunnelName, ...] = ("vxlan", "geneve", "gre", "erspan", "ipip")
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
@@ -46,7 +48,7 @@ class DecoderSpec(SpecModel):
     """Which encapsulations to open and how hard to try reassembling IP fragments."""
 
     tunnels: list[TunnelName] = Field(
-        default_factory=lambda: ["vxlan", "geneve", "gre", "erspan", "ipip"],
+        default_factory=lambda: list(_ALL_TUNNELS),
         max_length=5,
         description="Tunnels to decapsulate; others are left as they are.",
     )
@@ -117,7 +119,14 @@ class ConsoleReporterSpec(SpecModel):
     config: ConsoleConfig = Field(default_factory=ConsoleConfig)
 
 
-ReporterSpec = Annotated[ConsoleReporterSpec, Field(discriminator="type")]
+class KafkaReporterSpec(SpecModel):
+    """Send records to Kafka."""
+
+    type: Literal["kafka"]
+    config: KafkaConfig
+
+
+ReporterSpec = Annotated[ConsoleReporterSpec | KafkaReporterSpec, Field(discriminator="type")]
 
 CaptureSpec = Annotated[PcapConfig | AfpacketConfig, Field(discriminator="type")]
 
@@ -127,6 +136,10 @@ class LimitsSpec(SpecModel):
 
     duration_s: float | None = Field(default=None, gt=0, le=30 * 86400)
     max_packets: int | None = Field(default=None, ge=1, le=2**53)
+
+
+def _default_reporters() -> list[ConsoleReporterSpec | KafkaReporterSpec]:
+    return [ConsoleReporterSpec(type="console")]
 
 
 class TaskSpec(SpecModel):
@@ -140,7 +153,7 @@ class TaskSpec(SpecModel):
     )
     processors: list[ProcessorSpec] = Field(default_factory=list, max_length=16)
     reporters: list[ReporterSpec] = Field(
-        default_factory=lambda: [ConsoleReporterSpec(type="console")], min_length=1, max_length=8
+        default_factory=_default_reporters, min_length=1, max_length=8
     )
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import multiprocessing as mp
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -22,10 +24,35 @@ from otus.pipeline.spec import TaskSpec
 from otus.plugins.base import PluginContext
 from otus.task.worker import worker_main
 
-__all__ = ["TaskRunner", "WorkerState"]
+__all__ = ["TaskRunner", "WorkerState", "set_worker_log_level"]
 
 _START_TIMEOUT_S = 30.0
 _STOP_GRACE_S = 10.0
+_REAP_TRIES = 100  # x 50 ms: how long a worker that closed its pipe may take to exit
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_SPAWN = mp.get_context("spawn")
+_worker_level: Any = None  # shared with every worker: their log threshold, changed on reload
+
+
+def _shared_level() -> Any:
+    global _worker_level  # noqa: PLW0603 - one shared value per parent process
+    if _worker_level is None:
+        _worker_level = _SPAWN.Value("i", logging.getLogger().getEffectiveLevel(), lock=False)
+    return _worker_level
+
+
+def set_worker_log_level(level: int) -> None:
+    """Set the log threshold of every worker, running or future (the daemon's reload)."""
+    _shared_level().value = level
+
+
+def rss_of(pid: int) -> int:
+    """Resident set size of a process in bytes (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def worker_count(spec: TaskSpec) -> int:
@@ -46,6 +73,7 @@ class WorkerState:
     exitcode: int | None = None
     stats: Stats = field(default_factory=dict)
     latency: dict[str, Any] = field(default_factory=dict)
+    log_dropped: int = 0
 
 
 class TaskRunner:
@@ -73,36 +101,55 @@ class TaskRunner:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start every worker and wait until each has built its pipeline; clean up on failure."""
+        """Start every worker and wait until each has built its pipeline; clean up on failure.
+
+        Whatever goes wrong (a worker's error, a spawn failure, a timeout, cancellation), no
+        worker process is left running when this raises.
+        """
         self.started_at = time.time()
         if self.inline:
             self._start_inline()
             return
-        ctx = mp.get_context("spawn")
+        try:
+            await self._start_processes()
+        except BaseException:
+            self.request_stop()
+            await asyncio.shield(self._kill_all())
+            raise
+
+    async def _start_processes(self) -> None:
         data = self.spec.model_dump(mode="json")
         loop = asyncio.get_running_loop()
+        level = _shared_level()
         n = len(self.workers)
         for w in self.workers:
-            parent, child = ctx.Pipe(duplex=False)
+            parent, child = _SPAWN.Pipe(duplex=False)
             pctx = PluginContext(self.spec.id, self.agent_id, w.index, n)
-            proc = ctx.Process(
-                target=worker_main, args=(data, pctx, child), name=f"otus-{self.spec.id}-{w.index}"
+            proc = _SPAWN.Process(
+                target=worker_main,
+                args=(data, pctx, child, level),
+                name=f"otus-{self.spec.id}-{w.index}",
             )
             proc.daemon = True
-            proc.start()
-            child.close()
-            w.process, w.conn = proc, parent
+            w.conn = parent
+            try:
+                proc.start()
+            except BaseException:
+                parent.close()
+                w.conn = None
+                w.done = True
+                raise
+            finally:
+                child.close()
+            w.process = proc
             loop.add_reader(parent.fileno(), self._on_readable, w)
         deadline = time.monotonic() + _START_TIMEOUT_S
         while not all(w.started or w.done for w in self.workers):
             if time.monotonic() > deadline:
-                await self._kill_all()
                 raise TaskStartError(f"task {self.spec.id}: workers did not start in time")
             await asyncio.sleep(0.02)
         errors = [w.error for w in self.workers if w.error]
         if errors:
-            await self.stop()
-            await self.wait()
             raise TaskStartError(f"task {self.spec.id}: {errors[0]}")
 
     def _start_inline(self) -> None:
@@ -139,7 +186,13 @@ class TaskRunner:
         except (EOFError, OSError):
             self._worker_gone(w)
             return
+        except Exception as e:  # an unpicklable message must not kill the parent's loop
+            w.error = w.error or f"worker {w.index}: bad message: {e!r}"
+            return
         kind = msg[0]
+        if kind == "log":
+            self._forward_log(w, msg[1])
+            return
         if kind == "started":
             w.started = True
         elif kind in ("stats", "final"):
@@ -151,17 +204,54 @@ class TaskRunner:
         self._changed()
         self._check_limits()
 
+    def _forward_log(self, w: WorkerState, data: dict[str, Any]) -> None:
+        """Re-emit a worker's log record in this process, tagged with the task and worker."""
+        try:
+            extra = {k: v for k, v in data.items() if k not in ("level", "logger", "event", "ts")}
+            lost = int(extra.pop("log_dropped", 0) or 0)
+            w.log_dropped += lost
+            record = logging.makeLogRecord(
+                {
+                    "name": str(data.get("logger") or "otus.worker"),
+                    "levelno": int(data.get("level", logging.INFO)),
+                    "levelname": logging.getLevelName(int(data.get("level", logging.INFO))),
+                    "msg": str(data.get("event", "")),
+                    "created": float(data.get("ts") or time.time()),
+                    "task": self.spec.id,
+                    "worker": w.index,
+                    **{k: v for k, v in extra.items() if k not in ("task", "worker", "msg")},
+                }
+            )
+            record.msecs = (record.created % 1) * 1000
+            logger = logging.getLogger(record.name)
+            if logger.isEnabledFor(record.levelno):
+                logger.handle(record)
+        except Exception:
+            w.log_dropped += 1
+
     def _worker_gone(self, w: WorkerState) -> None:
         assert w.conn is not None and w.process is not None
         loop = asyncio.get_running_loop()
         loop.remove_reader(w.conn.fileno())
         w.conn.close()
-        w.process.join(timeout=5)
+        self._reap(w, 0)
+
+    def _reap(self, w: WorkerState, tries: int) -> None:
+        """Collect the exit code without blocking the loop; kill a worker that lingers."""
+        assert w.process is not None
         code = w.process.exitcode
+        if code is None:
+            if tries == _REAP_TRIES:
+                with contextlib.suppress(ProcessLookupError):
+                    w.process.kill()
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.05, self._reap, w, tries + 1)
+            return
         w.exitcode = code
-        if code not in (0, None) and w.error is None:
+        requested_stop = self._stop_requested and code == -signal.SIGTERM
+        if code != 0 and w.error is None and not requested_stop:
             w.error = f"worker {w.index} exited with code {code}"
-            if code is not None and code < 0:
+            if code < 0:
                 w.error = f"worker {w.index} killed by signal {signal.Signals(-code).name}"
         w.done = True
         self._changed()
@@ -202,11 +292,17 @@ class TaskRunner:
         except TimeoutError:
             await self._kill_all()
 
-    async def _kill_all(self) -> None:
+    def kill(self) -> None:
+        """SIGKILL every worker still alive (non-blocking; exits are collected as usual)."""
+        self._stop_requested = True
         for w in self.workers:
-            if w.process is not None and w.process.is_alive():
-                w.process.kill()
-        for _ in range(100):
+            if w.process is not None and w.process.exitcode is None and w.process.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    w.process.kill()
+
+    async def _kill_all(self) -> None:
+        self.kill()
+        for _ in range(_REAP_TRIES + 20):
             if all(w.done for w in self.workers if w.process is not None):
                 break
             await asyncio.sleep(0.05)
@@ -238,6 +334,39 @@ class TaskRunner:
     def per_worker(self) -> list[Stats]:
         """Each worker's latest counters."""
         return [dict(w.stats) for w in self.workers]
+
+    def pids(self) -> list[int]:
+        """Process ids of the workers still running."""
+        return [
+            w.process.pid
+            for w in self.workers
+            if w.process is not None and w.process.pid and not w.done
+        ]
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the task's running workers, summed."""
+        return sum(rss_of(pid) for pid in self.pids())
+
+    def processes(self) -> list[dict[str, Any]]:
+        """What the parent knows of each worker process (JSON-ready)."""
+        out = []
+        for w in self.workers:
+            pid = w.process.pid if w.process is not None else os.getpid() if self.inline else None
+            out.append(
+                {
+                    "index": w.index,
+                    "pid": pid,
+                    "alive": w.started and not w.done,
+                    "exitcode": w.exitcode,
+                    "error": w.error,
+                    "rss_bytes": rss_of(pid) if pid and not w.done and not self.inline else 0,
+                }
+            )
+        return out
+
+    def log_dropped(self) -> int:
+        """Worker log records not forwarded (over the rate limit)."""
+        return sum(w.log_dropped for w in self.workers)
 
     def latency(self) -> dict[str, Histogram]:
         """Latency histograms summed over workers."""

@@ -20,6 +20,7 @@ __all__ = [
     "drops",
     "eth",
     "general",
+    "general_and_drops",
     "sip_udp4",
 ]
 
@@ -87,15 +88,23 @@ def decode_one(
     frame: bytes | Packet, linktype: int = LINKTYPE_ETHERNET, **options: Any
 ) -> DecodedPacket | None:
     """Decode one frame; also check the general path alone agrees with the batch path."""
-    out, _ = decode_all([frame], linktype, **options)
+    out, d = decode_all([frame], linktype, **options)
     assert len(out) <= 1
-    ref = general(frame, linktype, **options)
+    ref, ref_drops = general_and_drops(frame, linktype, **options)
     assert (out[0] if out else None) == ref
+    assert drops(d) == ref_drops
     return out[0] if out else None
 
 
 def general(frame: bytes | Packet, linktype: int = LINKTYPE_ETHERNET, **options: Any) -> Any:
     """Decode with the general path only (the reference the fast path must agree with)."""
+    return general_and_drops(frame, linktype, **options)[0]
+
+
+def general_and_drops(
+    frame: bytes | Packet, linktype: int = LINKTYPE_ETHERNET, **options: Any
+) -> tuple[DecodedPacket | None, dict[str, int]]:
+    """The general path's packet and drop counters for one frame."""
     d = Decoder(DecoderOptions(**options))
     data = frame if isinstance(frame, bytes) else raw(frame)
-    return d._walker.frame(data, 1, linktype)
+    return d._walker.frame(data, 1, linktype), drops(d)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from scapy.contrib.erspan import ERSPAN_II, ERSPAN_III
-from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.inet6 import IPv6
-from scapy.layers.l2 import ARP, GRE, Dot1Q
+from scapy.contrib.geneve import GENEVE
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import ICMPv6ND_NS, IPv6
+from scapy.layers.l2 import ARP, GRE, Dot1AD, Dot1Q, Ether
 from scapy.layers.vxlan import VXLAN
-from scapy.packet import raw
+from scapy.packet import Raw, raw
 
 import otus.decoder
 from otus.core.packet import (
     LINKTYPE_ETHERNET,
+    LINKTYPE_LINUX_SLL,
     LINKTYPE_LINUX_SLL2,
     DecodedPacket,
     RawBatch,
@@ -22,7 +25,16 @@ from otus.core.packet import (
 from otus.core.stats import GAUGES, format_summary
 from otus.decoder import Decoder, DecoderOptions
 from otus.decoder.common import DECODE_DROPS, REASSEMBLY_DROPS
-from tests.decoder.frames import SIP, assert_balanced, decode_all, eth, general, sip_udp4
+from tests.decoder.frames import (
+    SIP,
+    assert_balanced,
+    decode_all,
+    drops,
+    eth,
+    general,
+    general_and_drops,
+    sip_udp4,
+)
 
 
 def test_exports() -> None:
@@ -140,6 +152,42 @@ def corpus() -> list[bytes]:
                 / VXLAN(vni=i)
                 / eth(IP(src="1.1.1.1", dst="2.2.2.2", flags="MF") / UDP() / SIP)
             ),
+            eth(Dot1AD(vlan=i) / Dot1Q(vlan=i + 1) / inner),
+            eth(Dot1AD(vlan=i) / Dot1Q(vlan=i + 1) / inner6),
+            eth(Dot1Q(vlan=i) / Dot1Q(vlan=i + 1) / inner),
+            eth(Dot1AD(vlan=i) / inner),
+            eth(Dot1Q(vlan=1) / Dot1Q(vlan=2) / Dot1Q(vlan=3) / inner),
+            Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=0x9100)
+            / Dot1Q(vlan=i)
+            / Dot1Q(vlan=5)
+            / inner,
+            eth(
+                Dot1AD(vlan=i) / Dot1Q(vlan=2) / out4 / UDP(dport=4789) / VXLAN(vni=i) / eth(inner)
+            ),
+            eth(out4 / UDP(dport=6081) / GENEVE(vni=i, proto=0x6558) / eth(Dot1Q(vlan=i) / inner)),
+            eth(out4 / UDP(dport=6081) / GENEVE(vni=i, proto=0x86DD) / inner6),
+            eth(
+                out4
+                / UDP(dport=6081)
+                / Raw(bytes([i, 0, 0x65, 0x58, 0, 0, 9, 0]) + bytes(4 * i))
+                / eth(inner)
+            ),
+            eth(out4 / UDP(dport=6081) / GENEVE(version=1, proto=0x6558) / eth(inner)),
+            eth(out4 / inner),
+            eth(out4 / inner6),
+            eth(IPv6(src="fd00::1", dst="fd00::2") / inner),
+            eth(IPv6(src="fd00::1", dst="fd00::2") / inner6),
+            eth(Dot1Q(vlan=i) / out4 / inner),
+            eth(out4 / IP(src="1.1.1.1", dst="2.2.2.2") / UDP(dport=4789) / VXLAN() / eth(inner)),
+            eth(out4 / GRE(proto=0x6558) / eth(Dot1Q(vlan=1) / Dot1Q(vlan=2) / inner)),
+            eth(out4 / GRE(proto=0x6558) / eth(Dot1Q(vlan=1) / inner6)),
+            eth(out4 / GRE(proto=0x6558) / eth(ARP())),
+            eth(ARP()),
+            eth(Dot1Q(vlan=i) / ARP()),
+            eth(IP(src="1.1.1.1", dst="2.2.2.2") / ICMP()),
+            eth(IP(src="1.1.1.1", dst="2.2.2.2", len=10) / ICMP()),
+            eth(IPv6(src="::1", dst="::2") / ICMPv6ND_NS(tgt="::3")),
+            eth(Dot1Q(vlan=i) / IPv6(src="::1", dst="::2") / ICMPv6ND_NS(tgt="::3")),
         ]
     frames = [raw(s) for s in shapes]
     rng = random.Random(7)
@@ -153,15 +201,45 @@ def corpus() -> list[bytes]:
 
 
 def test_fast_path_equals_general_path() -> None:
-    frames = corpus()
-    d = Decoder()
-    out: list[DecodedPacket] = []
-    for i, f in enumerate(frames):
-        before = len(out)
+    """Same packet, or the same drop reason, for every frame of the corpus."""
+    for i, f in enumerate(corpus()):
+        d = Decoder()
+        out: list[DecodedPacket] = []
         d.decode_batch(RawBatch(LINKTYPE_ETHERNET, [f], [1]), out)
-        got = out[before] if len(out) > before else None
-        assert got == general(f), (i, f.hex())
-    assert_balanced(d, len(out))
+        ref, ref_drops = general_and_drops(f)
+        assert (out[0] if out else None) == ref, (i, f.hex())
+        assert drops(d) == ref_drops, (i, f.hex())
+        assert_balanced(d, len(out))
+
+
+@pytest.mark.parametrize("linktype", [LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2])
+def test_fast_path_equals_general_path_cooked(linktype: int) -> None:
+    """The same corpus under Linux cooked headers (the ethertype kept, MACs dropped)."""
+    for f in corpus():
+        if linktype == LINKTYPE_LINUX_SLL:
+            frame = bytes([0, 0, 0, 1, 0, 6]) + f[6:12] + b"\x00\x00" + f[12:]
+        else:
+            frame = (
+                f[12:14] + bytes(2) + bytes([0, 0, 0, 2, 0, 1, 0, 6]) + f[6:12] + bytes(2) + f[14:]
+            )
+        d = Decoder()
+        out: list[DecodedPacket] = []
+        d.decode_batch(RawBatch(linktype, [frame], [1]), out)
+        ref, ref_drops = general_and_drops(frame, linktype)
+        assert (out[0] if out else None) == ref, frame.hex()
+        assert drops(d) == ref_drops, frame.hex()
+
+
+def test_fast_path_equals_general_path_with_tunnels_off() -> None:
+    frames = corpus()
+    for opts in ({"tunnels": frozenset()}, {"tunnels": frozenset({"erspan", "geneve"})}):
+        for f in frames:
+            d = Decoder(DecoderOptions(**opts))  # type: ignore[arg-type]
+            out: list[DecodedPacket] = []
+            d.decode_batch(RawBatch(LINKTYPE_ETHERNET, [f], [1]), out)
+            ref, ref_drops = general_and_drops(f, **opts)
+            assert (out[0] if out else None) == ref, f.hex()
+            assert drops(d) == ref_drops, f.hex()
 
 
 def test_fast_path_shared_encaps_differ_per_tunnel_and_vlan() -> None:

@@ -252,3 +252,15 @@ def test_vlan_encap_shared_per_tag_but_equal() -> None:
 def test_empty_and_tiny_frames_are_truncated(linktype: int) -> None:
     _, d = decode_all([b"", b"\x00", bytes(3)], linktype)
     assert drops(d) == {"decode.drop.truncated": 3}
+
+
+def test_vlan_encap_cache_is_bounded() -> None:
+    from otus.decoder import Decoder
+    from otus.decoder.fast import _ENCAP_CACHE_LIMIT
+
+    template = raw(eth(Dot1Q(vlan=0) / sip_udp4()))
+    frames = [template[:14] + i.to_bytes(2, "big") + template[16:] for i in range(6000)]
+    d = Decoder()
+    out, _ = decode_all(frames, decoder=d)
+    assert [p.encap.vlans[0] for p in out if p.encap] == [i & 0x0FFF for i in range(6000)]
+    assert len(d._fast._vlan_encaps) <= _ENCAP_CACHE_LIMIT

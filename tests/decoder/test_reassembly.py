@@ -360,3 +360,34 @@ def test_reassembler_weights_and_pending_gauges() -> None:
     done = r.add("k", 1, 0, True, b"a" * 8, 20, 17, "ctx")
     assert done == (b"a" * 8 + b"b" * 8, 4, 17, None)
     assert (r.fragments, r.pending_fragments, r.pending_bytes) == (1, 0, 0)
+
+
+def test_held_bytes_bounded_by_limits_in_memory_too() -> None:
+    """Big fragments that never complete: traced memory stays near the configured bound."""
+    import tracemalloc
+
+    from otus.core.packet import RawBatch
+
+    opts = DecoderOptions(max_datagrams=64, max_fragments=64)
+    d = Decoder(opts)
+    bound = opts.max_datagrams * opts.max_datagram_size
+    chunk = b"z" * 1480
+    template = frag4(chunk, 1480, True, ident=0)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for ident in range(200):
+            frames = []
+            for k in range(1, 44):  # never offset 0: never complete
+                f = bytearray(template)
+                f[18:20] = ident.to_bytes(2, "big")
+                f[20:22] = (0x2000 | (k * 1480 // 8)).to_bytes(2, "big")
+                frames.append(bytes(f))
+            d.decode_batch(RawBatch(1, frames, [ident] * len(frames)), [])
+            assert d.stats()["reassembly.pending_bytes"] <= bound
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    s = assert_balanced(d)
+    assert s["reassembly.pending_bytes"] > bound // 2  # the test did fill the reassembler
+    assert held < bound * 1.25 + 2_000_000, held

@@ -7,7 +7,6 @@ The jars come from Maven Central through ``tests/infra/kafka-broker/pom.xml`` an
 from __future__ import annotations
 
 import base64
-import contextlib
 import fcntl
 import os
 import shutil
@@ -26,6 +25,8 @@ import pytest
 
 __all__ = [
     "KAFKA_VERSION",
+    "SASL_PASSWORD",
+    "SASL_USER",
     "KafkaBroker",
     "KafkaBrokerError",
     "ensure_kafka_libs",
@@ -33,8 +34,8 @@ __all__ = [
     "read_topic",
 ]
 
-# Newest 4.x whose artifacts are all on Central and whose broker runs on Java 17
-# (4.4.0 lacks kafka-tools-api there).
+# The newest 4.x whose artifacts were all on Maven Central when pinned (4.4.0's kafka-tools-api
+# was missing); its broker runs on Java 17, like every 4.x.
 KAFKA_VERSION = "4.3.1"
 
 _REPO = Path(__file__).resolve().parents[2]
@@ -108,6 +109,10 @@ def _kafka_uuid() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
+SASL_USER = "otus"
+SASL_PASSWORD = "otus-secret"
+_SCRAM_JAAS = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+
 _LOG4J2 = """\
 status = warn
 appender.file.type = File
@@ -126,7 +131,12 @@ logger.statechange.level = WARN
 
 
 class KafkaBroker:
-    """One KRaft node on 127.0.0.1: ``start()``, ``stop()``, ``restart()`` on the same ports."""
+    """One KRaft node on 127.0.0.1: ``start()``, ``stop()``, ``restart()`` on the same ports.
+
+    Listeners: PLAINTEXT (``bootstrap``), SASL_PLAINTEXT with PLAIN and SCRAM-SHA-256/512 for
+    ``SASL_USER`` (``sasl_bootstrap``) and, when openssl is present, SSL (``ssl_bootstrap``,
+    trusting ``ca_file``).
+    """
 
     def __init__(
         self,
@@ -142,6 +152,9 @@ class KafkaBroker:
         self.heap = heap
         self.port = free_port()
         self.controller_port = free_port()
+        self.sasl_port = free_port()
+        # TLS needs a CA and a server certificate, made with the openssl command when present.
+        self.ssl_port = free_port() if shutil.which("openssl") else None
         self.extra_config = dict(extra_config or {})
         self.log_path = self.workdir / "broker.log"
         self.stdout_path = self.workdir / "stdout.log"
@@ -155,21 +168,47 @@ class KafkaBroker:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def sasl_bootstrap(self) -> str:
+        """SASL_PLAINTEXT listener: PLAIN and SCRAM-SHA-256/512 for ``SASL_USER``."""
+        return f"127.0.0.1:{self.sasl_port}"
+
+    @property
+    def ssl_bootstrap(self) -> str | None:
+        """SSL listener (server certificate for IP 127.0.0.1 signed by ``ca_file``), if any."""
+        return None if self.ssl_port is None else f"127.0.0.1:{self.ssl_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The test CA that signed the SSL listener's certificate."""
+        return self.workdir / "tls" / "ca.pem"
+
+    @property
     def pid(self) -> int | None:
         """The broker JVM's pid while it runs."""
         return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
 
     def _write_config(self) -> Path:
+        listeners = {"PLAINTEXT": self.port, "SASL_PLAINTEXT": self.sasl_port}
+        if self.ssl_port is not None:
+            listeners["SSL"] = self.ssl_port
+        advertised = ",".join(f"{n}://127.0.0.1:{p}" for n, p in listeners.items())
         conf = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
-            f"CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listeners": f"{advertised},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": advertised,
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(f"{n}:{n}" for n in listeners)
+            + ",CONTROLLER:PLAINTEXT",
+            "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
+                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                f'user_{SASL_USER}="{SASL_PASSWORD}";'
+            ),
+            "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config": _SCRAM_JAAS,
+            "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": _SCRAM_JAAS,
             "log.dirs": str(self.workdir / "data"),
             "num.partitions": "3",
             "auto.create.topics.enable": "true",
@@ -188,6 +227,9 @@ class KafkaBroker:
             "log.segment.bytes": str(64 * 1024 * 1024),
             "log.retention.check.interval.ms": "300000",
         }
+        if self.ssl_port is not None:
+            conf["ssl.keystore.type"] = "PEM"
+            conf["ssl.keystore.location"] = str(self._make_certs())
         conf.update(self.extra_config)
         path = self.workdir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in conf.items()))
@@ -213,9 +255,41 @@ class KafkaBroker:
             *args,
         ]
 
+    def _make_certs(self) -> Path:
+        """A CA and a server key+certificate for IP 127.0.0.1, as one PEM keystore file."""
+        tls = self.workdir / "tls"
+        keystore = tls / "server.pem"
+        if keystore.exists():
+            return keystore
+        tls.mkdir(parents=True, exist_ok=True)
+        (tls / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+        for cmd in (
+            # EC keys: RSA key generation takes seconds on a busy machine.
+            "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7"
+            " -subj /CN=otus-test-ca -keyout ca.key -out ca.pem",
+            "req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=127.0.0.1"
+            " -keyout server.key -out server.csr",
+            "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 7"
+            " -extfile san.ext -out server.crt",
+        ):
+            args = ["openssl", *cmd.split()]
+            proc = subprocess.run(args, cwd=tls, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise KafkaBrokerError(f"openssl {cmd} failed:\n{proc.stderr}")
+        # Kafka's PEM keystore: the PKCS#8 key, then the certificate.
+        keystore.write_text((tls / "server.key").read_text() + (tls / "server.crt").read_text())
+        return keystore
+
     def _format(self, conf: Path) -> None:
+        scram = []
+        for bits in (256, 512):  # SCRAM users live in the metadata log: add them at format
+            scram += [
+                "--add-scram",
+                f"SCRAM-SHA-{bits}=[name={SASL_USER},password={SASL_PASSWORD}]",
+            ]
         cmd = self._java(
             *("kafka.tools.StorageTool", "format", "-t", _kafka_uuid(), "-c", str(conf)),
+            *scram,
             heap="256m",
             # A short-lived tool: the C1 compiler and serial GC start several seconds sooner.
             jvm=("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"),
@@ -352,8 +426,10 @@ def _recv_exact(s: socket.socket, n: int) -> bytes:
 
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    """A Kafka broker for the whole session; skips only when java or mvn is missing."""
+    """A Kafka broker for the whole session; skips only when java (or mvn, uncached) is missing."""
     missing = [t for t in ("java", "mvn") if shutil.which(t) is None]
+    if "mvn" in missing and (cache_dir() / "kafka" / KAFKA_VERSION / "libs" / _COMPLETE).exists():
+        missing.remove("mvn")  # the jars are already cached
     if missing:
         pytest.skip(f"needs {', '.join(missing)} on PATH to run a real Kafka broker")
     broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
@@ -361,9 +437,10 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
         broker.start()
     except KafkaBrokerError as e:
         pytest.fail(str(e), pytrace=False)
-    with contextlib.ExitStack() as stack:
-        stack.callback(broker.stop)
+    try:
         yield broker
+    finally:
+        broker.stop()
 
 
 async def read_topic(bootstrap: str, topic: str, within_s: float = 30.0) -> list[Any]:

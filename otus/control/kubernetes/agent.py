@@ -127,6 +127,7 @@ class KubernetesAgent:
         runtime_dir: Path | None = None,
         heartbeat_s: float = 10.0,
         resync_s: float = 300.0,
+        goodbye: bool = True,
     ) -> None:
         if not node_name:
             raise OtusError("Kubernetes mode needs the node name (NODE_NAME from the downward API)")
@@ -139,6 +140,7 @@ class KubernetesAgent:
         self.secrets_dir = base / "secrets"
         self.heartbeat_s = heartbeat_s
         self.resync_s = resync_s
+        self.goodbye = goodbye  # on cancellation, report Stopped for each task
         self.objects: dict[str, dict[str, Any]] = {}  # key -> reduced CaptureTask
         self.entries: dict[str, _Entry] = {}
         self._by_task: dict[str, str] = {}
@@ -167,7 +169,8 @@ class KubernetesAgent:
                 tg.create_task(self._reconcile_loop(), name="capturetask-reconcile")
                 tg.create_task(self._report_loop(), name="capturetask-status")
         finally:
-            await asyncio.shield(self._goodbye())
+            if self.goodbye:
+                await asyncio.shield(self._goodbye())
             await client.close()
 
     def _reduce(self, obj: dict[str, Any]) -> dict[str, Any]:

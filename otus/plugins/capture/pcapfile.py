@@ -33,6 +33,18 @@ class PcapConfig(SpecModel):
     type: Literal["pcap"] = "pcap"
     path: str = Field(min_length=1, max_length=4096, description="Path of the capture file.")
     batch_size: int = Field(default=256, ge=1, le=8192, description="Frames per batch.")
+    loop: int = Field(
+        default=1,
+        ge=0,
+        le=1_000_000,
+        description="Passes over the file; 0 replays it until the task is stopped.",
+    )
+    rate_pps: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Replay at most this many frames per second (default: as fast as possible).",
+    )
 
 
 class _Corrupt(Exception):
@@ -135,7 +147,7 @@ def _if_tsresol(data: bytes, off: int, end: int, endian: str) -> int:
         if code == 9 and length >= 1:
             v = data[off + 4]
             base = 2 if v & 0x80 else 10
-            units_per_s = base ** (v & 0x7F)
+            units_per_s = int(base ** (v & 0x7F))
             if units_per_s >= 1_000_000:
                 return units_per_s // 1_000_000
             return -(1_000_000 // units_per_s)
@@ -184,21 +196,43 @@ class PcapFileCapturer:
 
     async def batches(self) -> AsyncIterator[RawBatch]:
         """Yield the file's frames; a corrupt tail is counted, what came before is kept."""
-        it = read_batches(self._config.path, self._config.batch_size)
-        while not self._closed:
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            except CaptureError:
-                if self._packets == 0:
-                    raise
-                self._truncated_file = 1  # a file cut while being written: keep what we have
-                return
-            self._packets += len(batch.frames)
-            self._bytes += sum(map(len, batch.frames))
-            yield batch
-            await asyncio.sleep(0)  # let reporters and signal handlers run between batches
+        cfg = self._config
+        rate = cfg.rate_pps
+        # Paced replay: small batches so a slow rate still moves every ~100 ms.
+        size = cfg.batch_size if rate is None else max(1, min(cfg.batch_size, rate // 10))
+        start = asyncio.get_running_loop().time()
+        n_pass = 0
+        shift = 0  # later passes are moved forward in time so timestamps keep increasing
+        while not self._closed and (cfg.loop == 0 or n_pass < cfg.loop):
+            first = last = None
+            it = read_batches(cfg.path, size)
+            while not self._closed:
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    break
+                except CaptureError:
+                    if self._packets == 0:
+                        raise
+                    self._truncated_file = 1  # a file cut while being written: keep what we have
+                    return
+                if first is None:
+                    first = batch.ts_us[0]
+                last = batch.ts_us[-1]
+                if shift:
+                    batch.ts_us[:] = [t + shift for t in batch.ts_us]
+                self._packets += len(batch.frames)
+                self._bytes += sum(map(len, batch.frames))
+                yield batch
+                if rate is not None:
+                    ahead = start + self._packets / rate - asyncio.get_running_loop().time()
+                    await asyncio.sleep(max(0.0, ahead))
+                else:
+                    await asyncio.sleep(0)  # let reporters and signal handlers run between batches
+            if first is None:
+                return  # an empty file: nothing to repeat
+            n_pass += 1
+            shift += (last or first) - first + 1_000_000
 
     async def close(self) -> None:
         """Stop after the current batch."""

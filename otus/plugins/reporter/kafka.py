@@ -10,18 +10,22 @@ Every record handed to :meth:`KafkaReporter.report` ends in exactly one bucket::
 - ``report.drop.backpressure``    the buffer stayed full for ``block_ms``: the newest records (the
                                   tail of the batch that did not fit) are dropped, never older ones
 - ``report.drop.kafka_failed``    a non-retriable error, or still failing after ``retries`` resends
-- ``report.drop.kafka_too_large`` one record (key + value) larger than ``max_request_size``
+- ``report.drop.kafka_too_large`` one record larger than ``max_request_size``
 - ``report.drop.kafka_closed``    undelivered when ``close()`` gave up after ``flush_timeout_ms``,
                                   or handed to ``report()`` after ``close()``
-- ``report.buffered`` (gauge)     accepted, not yet acknowledged: waiting, batched or in flight
+- ``report.buffered`` (gauge)     accepted, not yet acknowledged: batching, queued or in flight
 
 Health counters outside that sum: ``report.kafka.failed`` (records in failed delivery attempts,
 once per attempt), ``report.kafka.retried`` (records resent), ``report.kafka.connect_failed``.
 
 While the broker is slow or gone, records wait in the buffer (at most ``buffer_max_records``) and
 ``report()`` blocks up to ``block_ms`` for room: that is the pipeline's backpressure. The
-idempotent producer (the default) retries until the broker answers, so a buffered record is lost
-only by ``close()`` giving up.
+idempotent producer (the default) retries until the broker answers, under one producer id so the
+broker drops repeats; a buffered record is lost only when ``close()`` gives up.
+
+Records go straight into one open aiokafka batch per partition (Java's partitioner picks it, so a
+call stays in one partition, in order); full batches are sent at once, a partial one when the
+partition has nothing in flight, so what gathers during a round trip is the next batch.
 """
 
 from __future__ import annotations
@@ -29,164 +33,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
-import struct
 import time
 from collections import deque
 from collections.abc import Mapping
 from functools import partial
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    StringConstraints,
-    field_validator,
-    model_validator,
-)
-
-from otus.core.errors import ReporterError
 from otus.core.packet import OutputPacket
 from otus.core.record import dumps, to_record
 from otus.plugins.base import PluginContext
+from otus.plugins.reporter.kafka_config import (
+    CODECS,
+    KafkaConfig,
+    check_codec,
+    murmur2,
+    partition_for,
+    read_password,
+    ssl_context,
+)
+from otus.plugins.reporter.kafka_producer import (
+    force_close,
+    metadata_error,
+    new_producer,
+    rebuild,
+    retriable,
+)
 
 __all__ = ["KafkaConfig", "KafkaReporter", "murmur2", "partition_for"]
 
 log = logging.getLogger(__name__)
 
 _STOP_S = 5.0  # how long close() lets a producer stop before tearing it down
-
-_TOPIC = r"^[A-Za-z0-9._-]+$"
-TopicName = Annotated[str, StringConstraints(min_length=1, max_length=249, pattern=_TOPIC)]
-TopicPrefix = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_TOPIC)]
-BrokerAddress = Annotated[str, StringConstraints(min_length=1, max_length=261, pattern=r"^\S+$")]
-FilePath = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=255)]
-
-
-class KafkaConfig(BaseModel):
-    """Settings of the ``kafka`` reporter (every field bounded: the CRD schema comes from here)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    brokers: list[BrokerAddress] = Field(min_length=1, max_length=100)
-    topic: TopicName | None = None
-    topic_prefix: TopicPrefix | None = None
-    client_id: Name | None = None
-    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
-    acks: Literal["0", "1", "all"] = "all"
-    enable_idempotence: bool | None = None  # None: on when acks is "all"
-    batch_size: int = Field(262_144, ge=1024, le=16 * 1024 * 1024)
-    linger_ms: int = Field(5, ge=0, le=60_000)
-    max_request_size: int = Field(1_048_576, ge=1024, le=64 * 1024 * 1024)
-    buffer_max_records: int = Field(50_000, ge=1, le=10_000_000)
-    block_ms: int = Field(1_000, ge=0, le=600_000)
-    # Resends of a batch after a retriable failure; as in Java, by default no limit: while the
-    # broker is away records wait in the bounded buffer instead of being given up.
-    retries: int = Field(2_147_483_647, ge=0, le=2_147_483_647)
-    retry_backoff_ms: int = Field(100, ge=1, le=60_000)
-    reconnect_backoff_max_ms: int = Field(5_000, ge=1, le=300_000)
-    request_timeout_ms: int = Field(30_000, ge=1_000, le=600_000)
-    metadata_max_age_ms: int = Field(300_000, ge=1_000, le=86_400_000)
-    flush_timeout_ms: int = Field(30_000, ge=0, le=3_600_000)
-    headers: bool = False  # task_id and agent_id as Kafka headers
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    username: Name | None = None
-    password: SecretStr | None = Field(None, min_length=1, max_length=1024)
-    password_file: FilePath | None = None  # a mounted Kubernetes Secret
-    ssl_cafile: FilePath | None = None
-    ssl_certfile: FilePath | None = None
-    ssl_keyfile: FilePath | None = None
-    ssl_check_hostname: bool = True
-
-    @field_validator("acks", mode="before")
-    @classmethod
-    def _acks_as_text(cls, v: object) -> object:
-        """Accept YAML's ``acks: 1`` as well as ``"1"``."""
-        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-
-    @model_validator(mode="after")
-    def _consistent(self) -> KafkaConfig:
-        """Reject combinations that cannot work, with the fix in the message."""
-        if (self.topic is None) == (self.topic_prefix is None):
-            raise ValueError("set exactly one of topic and topic_prefix")
-        if self.security_protocol.startswith("SASL_"):
-            if self.sasl_mechanism is None or self.username is None:
-                raise ValueError(f"{self.security_protocol} needs sasl_mechanism and username")
-            if (self.password is None) == (self.password_file is None):
-                raise ValueError(f"{self.security_protocol} needs one of password, password_file")
-        elif self.sasl_mechanism or self.username or self.password or self.password_file:
-            raise ValueError("SASL settings need security_protocol SASL_PLAINTEXT or SASL_SSL")
-        if self.security_protocol not in ("SSL", "SASL_SSL") and (
-            self.ssl_cafile or self.ssl_certfile or self.ssl_keyfile
-        ):
-            raise ValueError("ssl_* files need security_protocol SSL or SASL_SSL")
-        if self.ssl_keyfile and not self.ssl_certfile:
-            raise ValueError("ssl_keyfile needs ssl_certfile")
-        if self.enable_idempotence and self.acks != "all":
-            raise ValueError("enable_idempotence needs acks 'all'")
-        return self
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (``Utils.murmur2`` in the Java client), as an unsigned 32-bit int."""
-    length = len(data)
-    h = 0x9747B28C ^ length
-    # Whole little-endian words at once: about twice as fast as aiokafka's byte-wise version.
-    for w in struct.unpack_from(f"<{length >> 2}I", data):
-        k = (w * 0x5BD1E995) & 0xFFFFFFFF
-        k ^= k >> 24
-        h = ((h * 0x5BD1E995) & 0xFFFFFFFF) ^ ((k * 0x5BD1E995) & 0xFFFFFFFF)
-    rem = length & 3
-    if rem:
-        base = length - rem
-        if rem == 3:
-            h ^= data[base + 2] << 16
-        if rem >= 2:
-            h ^= data[base + 1] << 8
-        h = ((h ^ data[base]) * 0x5BD1E995) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * 0x5BD1E995) & 0xFFFFFFFF
-    return h ^ (h >> 15)
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition Java's default partitioner picks for a key: ``toPositive(murmur2) % n``."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-def _retriable(exc: BaseException) -> bool:
-    """Whether resending can help: Kafka says so, or a fresh producer clears the error."""
-    from aiokafka import errors as e  # noqa: PLC0415 - aiokafka loads only when Kafka is used
-
-    fresh = (
-        e.KafkaTimeoutError,
-        e.OutOfOrderSequenceNumber,
-        e.InvalidProducerEpoch,
-        e.ProducerFenced,
-        e.ProducerClosed,
-    )
-    if getattr(exc, "retriable", False) or isinstance(exc, fresh):
-        return True
-    return type(exc) is e.KafkaError  # the sender task died: a new producer starts afresh
+_KEYS_MAX = 65_536  # cached Call-ID hashes; calls end and their Call-IDs go stale
 
 
 class _Batch:
-    """Records bound for one partition, kept until acknowledged so a failed batch can be resent."""
+    """A sealed batch for one partition, kept until acknowledged so it can be resent."""
 
-    __slots__ = ("attempts", "builder", "future", "gen", "lane", "records", "seq", "token")
+    __slots__ = ("attempts", "builder", "count", "future", "gen", "lane", "seq", "token", "used")
 
-    def __init__(
-        self, lane: _Lane, records: list[tuple[bytes | None, bytes]], builder: Any, seq: int
-    ) -> None:
+    def __init__(self, lane: _Lane, builder: Any, count: int, seq: int) -> None:
         self.lane = lane
-        self.records = records
-        self.builder = builder  # aiokafka BatchBuilder; None once submitted (rebuilt to resend)
+        self.builder = builder  # aiokafka BatchBuilder
+        self.count = count
         self.seq = seq  # order within the lane, kept when a failed batch is put back
+        self.used = False  # submitted once: a resend needs a new builder
         self.attempts = 0
         self.token = 0  # bumped on every submit and settle: stale callbacks are ignored
         self.gen = 0
@@ -194,61 +85,32 @@ class _Batch:
 
 
 class _Lane:
-    """One topic-partition: records waiting, batches built, the task that submits them in order."""
+    """One topic-partition: the open batch, sealed batches in order, and the task sending them."""
 
-    __slots__ = ("batches", "partition", "pending", "seq", "task", "topic", "wake")
+    __slots__ = (
+        "batches",
+        "builder",
+        "count",
+        "inflight",
+        "partition",
+        "seq",
+        "since",
+        "task",
+        "topic",
+        "wake",
+    )
 
     def __init__(self, topic: str, partition: int) -> None:
         self.topic = topic
         self.partition = partition
-        self.pending: list[tuple[bytes | None, bytes]] = []
+        self.builder: Any = None  # the open batch
+        self.count = 0  # records in it
+        self.since = 0.0  # monotonic time of its first record (linger)
         self.batches: deque[_Batch] = deque()
+        self.inflight = 0  # batches handed to aiokafka and not settled
         self.seq = 0
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-
-
-def _check_codec(name: str) -> None:
-    """Fail at construction, not at the first batch, when a codec's library is missing."""
-    from aiokafka import codec  # noqa: PLC0415
-
-    available = {
-        "none": True,
-        "gzip": codec.has_gzip(),
-        "snappy": codec.has_snappy(),
-        "lz4": codec.has_lz4(),
-        "zstd": codec.has_zstd(),
-    }
-    if not available[name]:
-        raise ReporterError(
-            f"kafka: compression {name!r} needs the cramjam package (aiokafka[{name}])"
-        )
-
-
-def _ssl_context(cfg: KafkaConfig) -> ssl.SSLContext | None:
-    """The TLS context for SSL and SASL_SSL, built now so a bad path fails at construction."""
-    if cfg.security_protocol not in ("SSL", "SASL_SSL"):
-        return None
-    try:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cfg.ssl_cafile)
-        ctx.check_hostname = cfg.ssl_check_hostname
-        if cfg.ssl_certfile:
-            ctx.load_cert_chain(cfg.ssl_certfile, cfg.ssl_keyfile)
-    except (OSError, ssl.SSLError) as e:
-        raise ReporterError(f"kafka: TLS files: {e}") from e
-    return ctx
-
-
-def _password(cfg: KafkaConfig) -> str | None:
-    """The SASL password, from the config or the first line of ``password_file``."""
-    if cfg.password is not None:
-        return cfg.password.get_secret_value()
-    if cfg.password_file is None:
-        return None
-    try:
-        return Path(cfg.password_file).read_text().splitlines()[0]
-    except (OSError, IndexError) as e:
-        raise ReporterError(f"kafka: cannot read password_file {cfg.password_file}: {e}") from e
 
 
 class KafkaReporter:
@@ -257,30 +119,29 @@ class KafkaReporter:
     Config = KafkaConfig
 
     def __init__(self, config: KafkaConfig, ctx: PluginContext) -> None:
-        _check_codec(config.compression)
+        check_codec(config.compression)
+        from aiokafka.producer.message_accumulator import BatchBuilder  # noqa: PLC0415
+
         self.config = config
         self._ctx = ctx
-        self._ssl = _ssl_context(config)
-        self._password = _password(config)
+        self._ssl = ssl_context(config)
+        self._password = read_password(config)
         idem = config.enable_idempotence
         self._idempotent = config.acks == "all" if idem is None else idem
+        self._new_builder = partial(BatchBuilder, config.batch_size, CODECS[config.compression])
         self._max = config.buffer_max_records
-        self._max_record = config.max_request_size
         self._linger = config.linger_ms / 1000
         self._backoff = config.retry_backoff_ms / 1000
         self._headers: list[tuple[str, bytes]] | None = None
         if config.headers:
-            self._headers = [
-                ("task_id", ctx.task_id.encode()),
-                ("agent_id", ctx.agent_id.encode()),
-            ]
+            self._headers = [("task_id", ctx.task_id.encode()), ("agent_id", ctx.agent_id.encode())]
         # counters: see the module docstring
         self._records = self._sent = self._failed = self._retried = self._connect_failed = 0
         self._drop_backpressure = self._drop_failed = self._drop_too_large = self._drop_closed = 0
         self._buffered = 0
         self._keys: dict[str, tuple[bytes | None, int]] = {}  # Call-ID -> (key, positive murmur2)
         self._lanes: dict[str, list[_Lane]] = {}
-        self._staged: dict[str, list[tuple[bytes | None, bytes]]] = {}
+        self._staged: dict[str, list[tuple[bytes | None, bytes]]] = {}  # partitions unknown yet
         self._inflight: set[_Batch] = set()
         self._rr = 0
         self._producer: Any = None
@@ -315,6 +176,7 @@ class KafkaReporter:
             await self.start()
         if self._max - self._buffered >= n:
             self._accept(batch)
+            await asyncio.sleep(0)  # let the lanes ship while a busy caller keeps reporting
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.block_ms / 1000
@@ -339,7 +201,10 @@ class KafkaReporter:
         if self._buffered == 0:
             return
         await self.start()
-        self._flushing = True
+        self._flushing = True  # no lingering now
+        for lanes in self._lanes.values():
+            for lane in lanes:
+                lane.wake.set()
         try:
             await asyncio.wait_for(self._drained.wait(), self.config.flush_timeout_ms / 1000)
         except TimeoutError:
@@ -367,13 +232,6 @@ class KafkaReporter:
         self._lanes.clear()
         self._staged.clear()
 
-    async def _stop(self, gen: int, producer: Any) -> None:
-        """At close: stop a producer briefly (flush already waited), then tear it down."""
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(producer.stop(), _STOP_S)
-        await _force_close(producer)  # a retiring one was cancelled mid-stop: finish the job
-        self._settle_generation(gen)
-
     def stats(self) -> Mapping[str, int]:
         """Counters and the buffered gauge (names in the module docstring)."""
         return {
@@ -392,26 +250,28 @@ class KafkaReporter:
     # -- the hot path ----------------------------------------------------------------------
 
     def _accept(self, batch: list[OutputPacket]) -> None:
-        """Serialize and route each record to its partition's lane (or stage it by topic)."""
+        """Serialize each record into its partition's open batch (or stage it by topic)."""
         task_id, agent_id = self._ctx.task_id, self._ctx.agent_id
         fixed_topic, prefix = self.config.topic, self.config.topic_prefix
-        limit = self._max_record
-        keys = self._keys
+        limit = self.config.max_request_size
+        keys, headers, new_builder = self._keys, self._headers, self._new_builder
+        ts, now = int(time.time() * 1000), time.monotonic()  # one clock read per call
         ptype: str | None = None
-        lanes: list[_Lane] | None = None
-        staged: list[tuple[bytes | None, bytes]] = []
+        lanes: list[_Lane] = []
+        staged: list[tuple[bytes | None, bytes]] | None = None
         touched: list[list[_Lane]] = []
-        nparts = sticky = 0
+        nparts = sticky = accepted = too_large = 0
         self._rr += 1
-        accepted = too_large = 0
         for out in batch:
             if out.payload_type != ptype:
                 ptype = out.payload_type
                 topic = fixed_topic or f"{prefix}-{ptype}"
-                lanes = self._lanes.get(topic)
-                if lanes is None:
+                known = self._lanes.get(topic)
+                if known is None:
                     staged = self._stage(topic)
                 else:
+                    staged = None
+                    lanes = known
                     touched.append(lanes)
                     nparts = len(lanes)
                     sticky = self._rr % nparts  # keyless records: one partition per call
@@ -421,34 +281,50 @@ class KafkaReporter:
                 continue
             accepted += 1
             cid = out.payload.get("call_id")
-            kh: tuple[bytes | None, int] | None = keys.get(cid) if cid.__class__ is str else None
+            kh = keys.get(cid) if cid.__class__ is str else None
             if kh is None:
                 kh = self._key(cid)
-            if lanes is None:
-                staged.append((kh[0], value))
-            elif kh[0] is None:
-                lanes[sticky].pending.append((None, value))
-            else:
-                lanes[kh[1] % nparts].pending.append((kh[0], value))
+            key = kh[0]
+            if staged is not None:
+                staged.append((key, value))
+                continue
+            lane = lanes[sticky] if key is None else lanes[kh[1] % nparts]
+            b = lane.builder
+            if b is None:
+                b = lane.builder = new_builder()
+                lane.since = now
+            if b.append(timestamp=ts, key=key, value=value, headers=headers) is None:
+                self._seal(lane)
+                b = lane.builder = new_builder()
+                lane.since = now
+                # An empty batch takes any record: oversized ones were dropped above.
+                b.append(timestamp=ts, key=key, value=value, headers=headers)
+            lane.count += 1
         self._drop_too_large += too_large
         if accepted:
             self._buffered += accepted
             self._drained.clear()
-        for lanes in touched:
-            for lane in lanes:
-                if lane.pending:
+        for ls in touched:
+            for lane in ls:
+                if lane.count or lane.batches:
                     lane.wake.set()
 
     def _key(self, cid: object) -> tuple[bytes | None, int]:
         """The Kafka key of a Call-ID and its hash, cached: a call sends several messages."""
         if not isinstance(cid, str) or not cid:
             return (None, 0)
-        keys = self._keys
-        if len(keys) >= 65_536:  # bounded: calls end and their Call-IDs go stale
-            keys.clear()
+        if len(self._keys) >= _KEYS_MAX:
+            self._keys.clear()
         key = cid.encode()
-        kh = keys[cid] = (key, murmur2(key) & 0x7FFFFFFF)
+        kh = self._keys[cid] = (key, murmur2(key) & 0x7FFFFFFF)
         return kh
+
+    def _seal(self, lane: _Lane) -> None:
+        """Close the lane's open batch and queue it for sending."""
+        lane.seq += 1
+        lane.batches.append(_Batch(lane, lane.builder, lane.count, lane.seq))
+        lane.builder = None
+        lane.count = 0
 
     def _stage(self, topic: str) -> list[tuple[bytes | None, bytes]]:
         """Hold a new topic's records until its partition count is known."""
@@ -458,7 +334,7 @@ class KafkaReporter:
             self._spawn(self._resolve(topic))
         return staged
 
-    # -- background tasks ------------------------------------------------------------------
+    # -- producers -------------------------------------------------------------------------
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -471,39 +347,6 @@ class KafkaReporter:
         if not task.cancelled() and task.exception() is not None:
             log.error("kafka: reporter task failed", exc_info=task.exception())
 
-    def _new_producer(self) -> Any:
-        from aiokafka import AIOKafkaProducer  # noqa: PLC0415
-
-        cfg = self.config
-        ctx = self._ctx
-        producer = AIOKafkaProducer(
-            bootstrap_servers=list(cfg.brokers),
-            client_id=cfg.client_id or f"otus-{ctx.agent_id or 'agent'}-{ctx.task_id}",
-            acks="all" if cfg.acks == "all" else int(cfg.acks),
-            enable_idempotence=self._idempotent,
-            compression_type=None if cfg.compression == "none" else cfg.compression,
-            max_batch_size=cfg.batch_size,
-            max_request_size=cfg.max_request_size,
-            linger_ms=0,  # lanes linger before building; aiokafka sends what it is handed
-            retry_backoff_ms=cfg.retry_backoff_ms,
-            request_timeout_ms=cfg.request_timeout_ms,
-            metadata_max_age_ms=cfg.metadata_max_age_ms,
-            security_protocol=cfg.security_protocol,
-            ssl_context=self._ssl,
-            sasl_mechanism=cfg.sasl_mechanism or "PLAIN",
-            sasl_plain_username=cfg.username,
-            sasl_plain_password=self._password,
-        )
-        if self._idempotent:
-            # aiokafka fails a batch whose partition has had no leader for request_timeout_ms,
-            # as during a broker restart, though an earlier attempt may have been written:
-            # resending it would duplicate. Idempotent batches retry until the leader is back
-            # (same producer id and sequence: the broker drops repeats); the buffer bounds them.
-            accumulator = getattr(producer, "_message_accumulator", None)
-            if accumulator is not None and hasattr(accumulator, "_batch_ttl"):
-                accumulator._batch_ttl = float("inf")
-        return producer
-
     async def _supervise(self) -> None:
         """Keep one started producer; replace it when asked (a failed idempotent batch)."""
         from aiokafka.errors import IncompatibleBrokerVersion, UnsupportedVersionError  # noqa: PLC0415
@@ -511,33 +354,40 @@ class KafkaReporter:
         backoff = self._backoff
         cap = self.config.reconnect_backoff_max_ms / 1000
         while True:
-            producer = self._new_producer()
+            producer = new_producer(
+                self.config,
+                self._ctx,
+                idempotent=self._idempotent,
+                ssl_ctx=self._ssl,
+                password=self._password,
+            )
             try:
                 await asyncio.wait_for(producer.start(), self.config.request_timeout_ms / 1000)
             except (IncompatibleBrokerVersion, UnsupportedVersionError) as e:
-                await self._retire(producer, 0, _STOP_S)
                 if self.config.enable_idempotence is None and self._idempotent:
-                    log.warning(
-                        "kafka: broker lacks idempotent producing (%s); going on without", e
-                    )
+                    await self._retire(producer, 0, _STOP_S)
+                    log.warning("kafka: broker lacks idempotent producing (%s): off", e)
                     self._idempotent = False
                     continue
-                raise
+                await self._retire(producer, 0, _STOP_S)
+                self._connect_failed += 1
+                log.error("kafka: broker refuses this producer: %r", e)
+                backoff = cap
+                await asyncio.sleep(backoff)
+                continue
             except Exception as e:
                 await self._retire(producer, 0, _STOP_S)
                 self._connect_failed += 1
                 if self._connect_failed == 1 or self._connect_failed % 50 == 0:
+                    brokers = ",".join(self.config.brokers)
                     log.warning(
-                        "kafka: cannot reach %s (%s attempts): %r",
-                        ",".join(self.config.brokers),
-                        self._connect_failed,
-                        e,
+                        "kafka: cannot reach %s (%d tries): %r", brokers, self._connect_failed, e
                     )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, cap)
                 continue
             except BaseException:
-                await _force_close(producer)
+                await force_close(producer)
                 raise
             backoff = self._backoff
             self._gen += 1
@@ -562,7 +412,14 @@ class KafkaReporter:
             await asyncio.wait_for(producer.stop(), limit_s)
         except Exception as e:
             log.warning("kafka: producer %d did not stop cleanly: %r", gen, e)
-            await _force_close(producer)
+            await force_close(producer)
+        self._settle_generation(gen)
+
+    async def _stop(self, gen: int, producer: Any) -> None:
+        """At close: stop a producer briefly (flush already waited), then tear it down."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.stop(), _STOP_S)
+        await force_close(producer)  # a retiring one was cancelled mid-stop: finish the job
         self._settle_generation(gen)
 
     def _settle_generation(self, gen: int) -> None:
@@ -572,12 +429,21 @@ class KafkaReporter:
             if batch.future is not None:
                 self._settle(batch, batch.future)
 
+    def _pause(self, tries: int) -> float:
+        """Exponential backoff from retry_backoff_ms up to reconnect_backoff_max_ms."""
+        return float(
+            min(self._backoff * 2 ** min(tries, 16), self.config.reconnect_backoff_max_ms / 1000)
+        )
+
     def _request_reset(self, gen: int) -> None:
         if gen == self._gen and self._producer is not None:
             self._reset.set()
 
+    # -- topics and lanes ------------------------------------------------------------------
+
     async def _resolve(self, topic: str) -> None:
         """Learn a topic's partition count (auto-creating it if the broker does), then route."""
+        tries = 0
         while True:
             producer = self._producer
             if producer is None:
@@ -586,23 +452,28 @@ class KafkaReporter:
             try:
                 parts = await producer.partitions_for(topic)
             except Exception as e:
-                log.warning("kafka: no metadata for topic %s yet: %r", topic, e)
-                await asyncio.sleep(self._backoff)
-                continue
+                parts, tries = None, tries + 1
+                if tries == 1 or tries % 20 == 0:
+                    log.warning("kafka: no metadata for topic %s (%d tries): %r", topic, tries, e)
             if parts:
                 break
-            await asyncio.sleep(self._backoff)
+            await asyncio.sleep(self._pause(tries))
         lanes = self._grow([], topic, len(parts))
-        staged = self._staged.pop(topic, [])
-        n = len(lanes)
-        sticky = self._rr % n
-        for key, value in staged:
-            p = sticky if key is None else (murmur2(key) & 0x7FFFFFFF) % n
-            lanes[p].pending.append((key, value))
+        ts, now, sticky = int(time.time() * 1000), time.monotonic(), self._rr % len(lanes)
+        for key, value in self._staged.pop(topic, []):
+            lane = lanes[sticky if key is None else partition_for(key, len(lanes))]
+            if lane.builder is None:
+                lane.builder, lane.since = self._new_builder(), now
+            if lane.builder.append(timestamp=ts, key=key, value=value, headers=self._headers):
+                lane.count += 1
+                continue
+            self._seal(lane)
+            lane.builder, lane.since = self._new_builder(), now
+            lane.builder.append(timestamp=ts, key=key, value=value, headers=self._headers)
+            lane.count += 1
         self._lanes[topic] = lanes
         for lane in lanes:
-            if lane.pending:
-                lane.wake.set()
+            lane.wake.set()
 
     def _grow(self, lanes: list[_Lane], topic: str, n: int) -> list[_Lane]:
         """Add lanes (and their tasks) up to ``n`` partitions; Kafka never shrinks a topic."""
@@ -613,45 +484,56 @@ class KafkaReporter:
         return lanes
 
     async def _run_lane(self, lane: _Lane) -> None:
-        """Build the lane's records into batches; hand them to aiokafka one at a time, in order."""
-        from aiokafka.errors import KafkaTimeoutError  # noqa: PLC0415
+        """Send the lane's batches in order: full ones at once, the open one when idle."""
+        from aiokafka.errors import KafkaTimeoutError, ProducerClosed  # noqa: PLC0415
 
+        errors = 0
         while True:
-            if not lane.pending and not lane.batches:
-                lane.wake.clear()
-                await lane.wake.wait()
-                if self._linger and not self._flushing:
-                    await asyncio.sleep(self._linger)  # let a lone record gather company
+            if not lane.batches:
+                if not lane.count or lane.inflight:
+                    lane.wake.clear()
+                    await lane.wake.wait()
+                    continue
+                wait = lane.since + self._linger - time.monotonic()
+                if wait > 0 and not self._flushing:
+                    await asyncio.sleep(wait)  # let a lone record gather company
+                    continue
             producer, gen = self._producer, self._gen
             if producer is None:
                 await self._ready.wait()
                 continue
-            if lane.pending:
-                self._build(lane, producer)
+            if not lane.batches:
+                self._seal(lane)
             batch = lane.batches[0]
-            if batch.builder is None:
-                batch.builder = self._rebuild(batch, producer)
+            if batch.used:
+                batch.builder, batch.used = rebuild(batch.builder, self._new_builder), False
             try:
                 future = await producer.send_batch(
                     batch.builder, lane.topic, partition=lane.partition
                 )
             except KafkaTimeoutError:
                 continue  # aiokafka still holds this partition's previous batch: the broker is slow
+            except ProducerClosed:
+                if producer is self._producer:  # not replaced yet: do not spin
+                    await asyncio.sleep(self._backoff)
+                continue  # replaced while we waited: the next turn takes the new one
             except Exception as e:
-                # A producer whose sender died refuses everything: replace it.
-                log.warning(
-                    "kafka: cannot queue a batch for %s-%d: %r", lane.topic, lane.partition, e
-                )
-                self._request_reset(gen)
-                await asyncio.sleep(self._backoff)
+                errors += 1
+                if errors == 1 or errors % 20 == 0:
+                    log.warning("kafka: cannot queue for %s-%d: %r", lane.topic, lane.partition, e)
+                if not metadata_error(e):
+                    self._request_reset(gen)  # a producer whose sender died refuses everything
+                await asyncio.sleep(self._pause(errors))
                 continue
+            errors = 0
             # Not popleft(): a failed batch may have been put back in front while we waited.
             lane.batches.remove(batch)
-            batch.builder = None
+            batch.used = True
             batch.attempts += 1
             batch.token += 1
             batch.gen = gen
             batch.future = future
+            lane.inflight += 1
             self._inflight.add(batch)
             future.add_done_callback(partial(self._on_done, batch, batch.token))
             if gen not in self._live:
@@ -659,35 +541,6 @@ class KafkaReporter:
                 self._settle(batch, future)
             if lane.partition == 0:
                 await self._refresh_partitions(producer, lane.topic)
-
-    def _build(self, lane: _Lane, producer: Any) -> None:
-        """Move the lane's waiting records into as many full batches as they make."""
-        records, lane.pending = lane.pending, []
-        headers = self._headers
-        ts = int(time.time() * 1000)  # one clock read per build, not per record
-        builder = producer.create_batch()
-        append = builder.append
-        start = 0
-        for i, (key, value) in enumerate(records):
-            if append(timestamp=ts, key=key, value=value, headers=headers) is None:
-                lane.seq += 1
-                lane.batches.append(_Batch(lane, records[start:i], builder, lane.seq))
-                builder = producer.create_batch()
-                append = builder.append
-                start = i
-                # An empty builder takes any record: oversized ones were dropped in _accept.
-                append(timestamp=ts, key=key, value=value, headers=headers)
-        lane.seq += 1
-        lane.batches.append(_Batch(lane, records[start:], builder, lane.seq))
-
-    def _rebuild(self, batch: _Batch, producer: Any) -> Any:
-        """A new builder with the same records (a submitted one cannot be reused)."""
-        builder = producer.create_batch()
-        headers = self._headers
-        ts = int(time.time() * 1000)
-        for key, value in batch.records:
-            builder.append(timestamp=ts, key=key, value=value, headers=headers)
-        return builder
 
     async def _refresh_partitions(self, producer: Any, topic: str) -> None:
         """Grow a topic's lanes when metadata shows new partitions (keys then move, as in Java)."""
@@ -700,6 +553,8 @@ class KafkaReporter:
             log.info("kafka: topic %s grew to %d partitions", topic, len(parts))
             self._grow(lanes, topic, len(parts))
 
+    # -- outcomes --------------------------------------------------------------------------
+
     def _on_done(self, batch: _Batch, token: int, future: asyncio.Future[Any]) -> None:
         if token == batch.token:
             self._settle(batch, future)
@@ -708,7 +563,9 @@ class KafkaReporter:
         """Count an acknowledged batch, or put a failed one back in its lane (or drop it)."""
         batch.token += 1
         self._inflight.discard(batch)
-        n = len(batch.records)
+        lane, n = batch.lane, batch.count
+        lane.inflight -= 1
+        lane.wake.set()  # its open batch may go now
         if future.done() and not future.cancelled() and future.exception() is None:
             self._sent += n
             self._release(n)
@@ -727,45 +584,23 @@ class KafkaReporter:
             self._drop_closed += n
             self._release(n)
             return
-        if batch.attempts > self.config.retries or not _retriable(exc):
+        if batch.attempts > self.config.retries or not retriable(exc):
             log.warning(
                 "kafka: dropping %d records for %s-%d after %d attempt(s): %r",
-                n,
-                batch.lane.topic,
-                batch.lane.partition,
-                batch.attempts,
-                exc,
+                *(n, lane.topic, lane.partition, batch.attempts, exc),
             )
             self._drop_failed += n
             self._release(n)
             return
         self._retried += n
-        lane = batch.lane
         log.info("kafka: resending %d records for %s-%d: %r", n, lane.topic, lane.partition, exc)
         i = 0
         while i < len(lane.batches) and lane.batches[i].seq < batch.seq:
             i += 1
         lane.batches.insert(i, batch)
-        lane.wake.set()
 
     def _release(self, n: int) -> None:
         self._buffered -= n
         self._room.set()
         if self._buffered == 0:
             self._drained.set()
-
-
-async def _force_close(producer: Any) -> None:
-    """Tear down a producer whose stop() hung (broker gone): fail its batches, cancel its sender."""
-    from aiokafka.errors import ProducerClosed  # noqa: PLC0415
-
-    # Private attributes: aiokafka has no public way to abandon undeliverable batches.
-    accumulator = getattr(producer, "_message_accumulator", None)
-    if accumulator is not None:
-        accumulator.fail_all(ProducerClosed())
-    task = getattr(getattr(producer, "_sender", None), "sender_task", None)
-    if task is not None and not task.done():
-        task.cancel()
-        await asyncio.wait([task], timeout=1.0)
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(producer.client.close(), 5.0)

@@ -22,7 +22,7 @@ from otus.core.packet import Encap, OutputPacket, Tunnel
 from otus.core.record import to_record
 from otus.plugins.base import PluginContext
 from otus.plugins.reporter.kafka import KafkaConfig, KafkaReporter, murmur2, partition_for
-from tests.infra.kafka import KafkaBroker, free_port, read_topic
+from tests.infra.kafka import SASL_PASSWORD, SASL_USER, KafkaBroker, free_port, read_topic
 
 CTX = PluginContext(task_id="t1", agent_id="node-a")
 DROPS = (
@@ -451,3 +451,49 @@ async def test_new_partitions_are_used_after_a_metadata_refresh(kafka_broker: Ka
     assert len(moved) == len(later)
     assert all(m.partition == partition_for(m.key, 5) for m in moved)
     assert {m.partition for m in moved} - {0, 1}  # some keys now land on the new partitions
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+async def test_sasl_mechanisms(kafka_broker: KafkaBroker, mechanism: str, tmp_path: Any) -> None:
+    secret = tmp_path / "password"  # as a Kubernetes Secret is mounted
+    secret.write_text(SASL_PASSWORD + "\n")
+    cfg = config(
+        kafka_broker.sasl_bootstrap, security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism=mechanism, username=SASL_USER, password_file=str(secret),
+    )  # fmt: skip
+    reporter = KafkaReporter(cfg, CTX)
+    await reporter.report(calls(5, 2))
+    await reporter.close()
+    assert reporter.stats()["report.kafka.sent"] == 10
+    assert len(await read_topic(kafka_broker.bootstrap, cfg.topic or "")) == 10
+
+
+@pytest.mark.kafka
+async def test_wrong_password_keeps_records_buffered(kafka_broker: KafkaBroker) -> None:
+    cfg = config(
+        kafka_broker.sasl_bootstrap, security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-256", username=SASL_USER, password="wrong", flush_timeout_ms=500,
+    )  # fmt: skip
+    reporter = KafkaReporter(cfg, CTX)
+    await reporter.report(calls(5, 2))
+    await asyncio.sleep(1.0)
+    assert reporter.stats()["report.kafka.connect_failed"] >= 1
+    await reporter.close()
+    stats = reporter.stats()
+    assert stats["report.drop.kafka_closed"] == 10
+    assert_balanced(stats)
+
+
+@pytest.mark.kafka
+async def test_tls_with_the_broker_ca(kafka_broker: KafkaBroker) -> None:
+    if kafka_broker.ssl_bootstrap is None:
+        pytest.skip("needs the openssl command to give the test broker a TLS listener")
+    cfg = config(
+        kafka_broker.ssl_bootstrap, security_protocol="SSL", ssl_cafile=str(kafka_broker.ca_file)
+    )
+    reporter = KafkaReporter(cfg, CTX)
+    await reporter.report(calls(5, 2))
+    await reporter.close()
+    assert reporter.stats()["report.kafka.sent"] == 10
+    assert len(await read_topic(kafka_broker.bootstrap, cfg.topic or "")) == 10

@@ -3,12 +3,14 @@
 How it behaves (ring sizes and their memory cost are in :mod:`.config`):
 
 - **One socket per worker.** ``fanout_size`` worker processes each build an
-  :class:`AfpacketCapturer`; with more than one they join one PACKET_FANOUT group (mode hash by
-  default, always with PACKET_FANOUT_FLAG_DEFRAG: the kernel reassembles IPv4 datagrams before
-  choosing a worker, so those workers see whole datagrams; IPv6 fragments hash on addresses and
-  stay together). The socket is created with protocol 0 and a reject-all filter, bound, joined
-  to the group, and only then given the real filter: nothing unfiltered is ever queued, nothing
-  needs draining, and a late worker never duplicates another's share.
+  :class:`AfpacketCapturer`; with more than one they join one PACKET_FANOUT group (always with
+  PACKET_FANOUT_FLAG_DEFRAG: the kernel reassembles received IPv4 datagrams before choosing a
+  worker, so those workers see whole datagrams). Mode ``hash`` (the default) is our own
+  symmetric flow hash in classic BPF (:mod:`.fanout`), not the kernel's, which misreads sent
+  frames whose 802.1Q tag is in the data and scatters their flows and fragments; fragments hash
+  on addresses only and stay together. The socket is created with protocol 0 and a reject-all
+  filter, bound, joined to the group, and only then given the real filter: nothing unfiltered
+  is ever queued, nothing needs draining, and a late worker never duplicates another's share.
 - **VLAN.** Receiving drivers (and veth) move the 802.1Q/802.1ad tag into metadata; the capturer
   puts it back into the frame (``TP_STATUS_VLAN_VALID``, TPID kept), so VLAN ids survive.
 - **BPF.** tcpdump syntax compiled by libpcap, checked before the socket exists (a bad

@@ -42,7 +42,15 @@ from .consts import (
     SOL_SOCKET,
 )
 
-__all__ = ["Insn", "attach", "compile_filter", "ifindex_prologue", "reject_all", "skip_outgoing"]
+__all__ = [
+    "Insn",
+    "attach",
+    "compile_filter",
+    "ifindex_prologue",
+    "reject_all",
+    "set_program",
+    "skip_outgoing",
+]
 
 Insn = tuple[int, int, int, int]  # code, jt, jf, k
 
@@ -194,11 +202,18 @@ def ifindex_prologue(ifindexes: Sequence[int]) -> list[Insn]:
 
 def attach(sock: socket.socket, insns: Sequence[Insn]) -> None:
     """Install ``insns`` on ``sock`` (replacing any filter it has) with SO_ATTACH_FILTER."""
+    set_program(sock, SOL_SOCKET, SO_ATTACH_FILTER, insns, "attach the BPF filter")
+
+
+def set_program(
+    sock: socket.socket, level: int, option: int, insns: Sequence[Insn], what: str
+) -> None:
+    """Pass ``insns`` as a struct sock_fprog to setsockopt (a filter, a fanout program)."""
     if not insns or len(insns) > BPF_MAXINSNS:
         raise CaptureError(f"BPF program of {len(insns)} instructions (limit {BPF_MAXINSNS})")
     buf = ctypes.create_string_buffer(b"".join(BPF_INSN.pack(*i) for i in insns))
     fprog = _SockFprog(len(insns), ctypes.addressof(buf))
     try:
-        sock.setsockopt(SOL_SOCKET, SO_ATTACH_FILTER, bytes(fprog))
+        sock.setsockopt(level, option, bytes(fprog))
     except OSError as e:
-        raise CaptureError(f"cannot attach the BPF filter: {e.strerror or e}") from e
+        raise CaptureError(f"cannot {what}: {e.strerror or e}") from e

@@ -27,6 +27,8 @@ from .consts import (
     FANOUT_MODES,
     PACKET_ADD_MEMBERSHIP,
     PACKET_FANOUT,
+    PACKET_FANOUT_CBPF,
+    PACKET_FANOUT_DATA,
     PACKET_FANOUT_FLAG_DEFRAG,
     PACKET_MR_PROMISC,
     PACKET_MREQ,
@@ -37,6 +39,7 @@ from .consts import (
     TPACKET_STATS_V3,
     TPACKET_V3,
 )
+from .fanout import flow_hash_program
 from .iface import Interface, resolve
 from .ring import Ring
 
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 _MAX_LINK_HDR = 18  # Ethernet header and one 802.1Q tag
 # A missed wake-up (or an interface that went down and up) costs at most this much latency.
 _SAFETY_WAKE_S = 0.5
+_FLOW_HASH = flow_hash_program()
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.bind.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
@@ -177,6 +181,10 @@ class AfpacketCapturer:
                 raise CaptureError(
                     f"cannot join fanout group {self.fanout_group}: {e.strerror or e}{hint}"
                 ) from e
+            if (self._fanout_arg >> 16) & 0xFF == PACKET_FANOUT_CBPF:
+                # The group's program; every member sets the same one (the last write wins).
+                what = "set the fanout hash program"
+                bpf.set_program(self._sock, SOL_PACKET, PACKET_FANOUT_DATA, _FLOW_HASH, what)
         bpf.attach(self._sock, self._program)
         self._started = True
 

@@ -38,12 +38,13 @@ from .consts import (
 __all__ = ["Ring"]
 
 _COOKED_CACHE_MAX = 4096  # distinct (protocol, ifindex, hatype, pkttype, address) headers kept
+_TAG_CACHE_MAX = 4096  # distinct (TPID, TCI) tags kept as bytes
 
 
 class Ring:
     """One socket's mmap'ed TPACKET_V3 RX ring and a cursor on the next block to read."""
 
-    __slots__ = ("_cooked", "_cur", "block_count", "block_size", "mm")
+    __slots__ = ("_cooked", "_cur", "_tags", "block_count", "block_size", "mm")
 
     def __init__(
         self,
@@ -70,6 +71,7 @@ class Ring:
         self.block_count = block_count
         self._cur = 0
         self._cooked: dict[bytes, bytes] = {}
+        self._tags: dict[int, bytes] = {}
 
     def ready(self) -> bool:
         """Whether the kernel has handed over the next block."""
@@ -87,6 +89,8 @@ class Ring:
         num: int
         _status, num, first = BLOCK_HDR.unpack_from(mm, off + BLOCK_STATUS_OFFSET)
         unpack = FRAME_HDR.unpack_from
+        unpack_vlan = FRAME_VLAN.unpack_from
+        tags = self._tags
         add_frame = frames.append
         add_ts = stamps.append
         p = off + first
@@ -96,12 +100,15 @@ class Ring:
             if status & TP_STATUS_VLAN_VALID:
                 # The NIC or the stack moved the tag into metadata; put it back after the MACs
                 # so VLAN ids survive, as libpcap does.
-                tci, tpid = FRAME_VLAN.unpack_from(mm, p + FRAME_VLAN_OFFSET)
-                if not status & TP_STATUS_VLAN_TPID_VALID:
-                    tpid = ETH_P_8021Q
-                add_frame(
-                    mm[a : a + 12] + VLAN_TAG.pack(tpid, tci & 0xFFFF) + mm[a + 12 : a + snap]
+                tci, tpid = unpack_vlan(mm, p + FRAME_VLAN_OFFSET)
+                key = (
+                    tci & 0xFFFF
+                    | (tpid if status & TP_STATUS_VLAN_TPID_VALID else ETH_P_8021Q) << 16
                 )
+                tag = tags.get(key)
+                if tag is None:
+                    tag = self._tag(key)
+                add_frame(mm[a : a + 12] + tag + mm[a + 12 : a + snap])
             else:
                 add_frame(mm[a : a + snap])
             add_ts(sec * 1_000_000 + nsec // 1000)
@@ -116,6 +123,8 @@ class Ring:
         num: int
         _status, num, first = BLOCK_HDR.unpack_from(mm, off + BLOCK_STATUS_OFFSET)
         unpack = FRAME_HDR.unpack_from
+        unpack_vlan = FRAME_VLAN.unpack_from
+        tags = self._tags
         add_frame = frames.append
         add_ts = stamps.append
         cache = self._cooked
@@ -135,10 +144,14 @@ class Ring:
             if status & TP_STATUS_VLAN_VALID:
                 # Same layout as Ethernet: the protocol field becomes the TPID, then TCI and the
                 # original protocol precede the network header.
-                tci, tpid = FRAME_VLAN.unpack_from(mm, p + FRAME_VLAN_OFFSET)
-                if not status & TP_STATUS_VLAN_TPID_VALID:
-                    tpid = ETH_P_8021Q
-                tag = VLAN_TAG.pack(tpid, tci & 0xFFFF)
+                tci, tpid = unpack_vlan(mm, p + FRAME_VLAN_OFFSET)
+                key = (
+                    tci & 0xFFFF
+                    | (tpid if status & TP_STATUS_VLAN_TPID_VALID else ETH_P_8021Q) << 16
+                )
+                tag = tags.get(key)
+                if tag is None:
+                    tag = self._tag(key)
                 add_frame(tag[:2] + hdr[2:] + tag[2:] + hdr[:2] + mm[a : a + snap])
             else:
                 add_frame(hdr + mm[a : a + snap])
@@ -146,6 +159,13 @@ class Ring:
             p += nxt
         self._release(off)
         return num
+
+    def _tag(self, key: int) -> bytes:
+        """The 4 bytes of the tag ``TPID << 16 | TCI``, cached (a link carries a few VLANs)."""
+        if len(self._tags) >= _TAG_CACHE_MAX:
+            self._tags.clear()
+        tag = self._tags[key] = VLAN_TAG.pack(key >> 16, key & 0xFFFF)
+        return tag
 
     def unread(self) -> int:
         """Frames in blocks handed over but not read (all of them when the ring is full)."""

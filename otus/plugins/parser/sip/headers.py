@@ -14,6 +14,7 @@ from typing import Any, Final
 __all__ = [
     "ADDRS",
     "COMPACT",
+    "CSEQS",
     "NAMES",
     "NSLOTS",
     "SLOT_CALL_ID",
@@ -30,6 +31,8 @@ __all__ = [
     "SLOT_TO",
     "SLOT_USER_AGENT",
     "SLOT_VIA",
+    "SMALL_INTS",
+    "VIAS",
     "HeaderError",
     "learn",
     "parse_addr",
@@ -242,7 +245,7 @@ ADDRS: dict[str, dict[str, Any]] = {}
 VIAS: dict[str, dict[str, Any]] = {}
 CSEQS: dict[str, tuple[int, str]] = {}
 _VIA_HEADS: dict[str, tuple[str, str, int | None]] = {}
-# Content-Length and Max-Forwards as written after the colon; int() costs three lookups.
+# Content-Length and Max-Forwards as written after the colon: a lookup costs a third of int().
 SMALL_INTS: Final[dict[str, int]] = {
     **{str(i): i for i in range(2048)},
     **{" " + str(i): i for i in range(2048)},
@@ -253,20 +256,30 @@ def parse_addr(value: str) -> dict[str, Any]:
     """From/To value ``"Bob" <sip:b@x>;tag=1`` -> ``{display, uri, tag}`` (cached in ADDRS)."""
     display, lt, rest = value.partition("<")
     if lt:
+        uri, gt, params = rest.partition(">")
+        if not gt:
+            raise HeaderError("unclosed <")
+        d: str | None
         if '"' in display:
-            t = _addr_quoted(value)
+            d = display.strip()
+            if d.count('"') != 2 or d[0] != '"' or d[-1] != '"' or "\\" in d:
+                # "<" or escapes inside the quotes, or stray quotes: the careful parser
+                t = _addr_quoted(value)
+                return _store(value, t[0], t[1], t[2])
+            d = d[1:-1]
         else:
-            uri, gt, params = rest.partition(">")
-            if not gt:
-                raise HeaderError("unclosed <")
-            t = (display.strip() or None, uri, _tag(params) if params else None)
-    else:
-        # addr-spec: parameters after the URI are header parameters (RFC 3261 §20.10).
-        uri, semi, params = value.strip().partition(";")
-        if not uri:
-            raise HeaderError("empty address")
-        t = (None, uri.rstrip(), _tag(semi + params) if semi else None)
-    d = {"display": t[0], "uri": t[1], "tag": t[2]}
+            d = display.strip() or None
+        return _store(value, d, uri, _tag(params) if params else None)
+    # addr-spec: parameters after the URI are header parameters (RFC 3261 §20.10).
+    uri, semi, params = value.strip().partition(";")
+    if not uri:
+        raise HeaderError("empty address")
+    return _store(value, None, uri.rstrip(), _tag(semi + params) if semi else None)
+
+
+def _store(value: str, display: str | None, uri: str, tag: str | None) -> dict[str, Any]:
+    """Cache a parsed address under its raw value; return a copy for the caller."""
+    d = {"display": display, "uri": uri, "tag": tag}
     if len(ADDRS) >= _CACHE_MAX:
         ADDRS.clear()
     ADDRS[value] = d
@@ -339,34 +352,25 @@ def parse_vias(values: list[str]) -> list[dict[str, Any]]:
 
 def _via(value: str) -> dict[str, Any]:
     """``SIP/2.0/UDP host:port;branch=..;received=..;rport=..`` -> via dict."""
-    head, semi, params = value.partition(";")
+    head, semi, params = value.strip().partition(";")
     h = _VIA_HEADS.get(head)
     if h is None:
         h = _via_head(head)
     branch = received = rport = None
     if semi:
-        _, found, rest = value.partition(";branch=")
-        if found:
-            branch, more, _ = rest.partition(";")
-            if not more:
-                branch = branch.rstrip()
-        elif "branch" in params.lower():  # "; Branch = x": the general parser
-            branch = parse_params(params).get("branch")
-        if "received" in params:
-            _, found, rest = value.partition(";received=")
-            if found:
-                received, more, _ = rest.partition(";")
-                if not more:
-                    received = received.rstrip()
-        if "rport" in params:
-            _, found, rest = value.partition(";rport")
-            if found:
+        for param in params.split(";"):
+            name, _, v = param.partition("=")
+            if name not in _VIA_PARAMS:
+                # blanks around ";" and "=", upper case: rare, so normalised only here
+                name = name.strip().lower()
+                v = v.strip()
+            if name == "branch":
+                branch = v
+            elif name == "received":
+                received = v
+            elif name == "rport":
                 # ";rport" (a request asking for it) -> 0; ";rport=5060" -> 5060
-                rp = rest.partition(";")[0].strip()
-                if not rp:
-                    rport = 0
-                elif rp[0] == "=":
-                    rport = _port(rp[1:]) or 0
+                rport = _port(v) or 0 if v else 0
     return {
         "transport": h[0],
         "host": h[1],
@@ -377,6 +381,7 @@ def _via(value: str) -> dict[str, Any]:
     }
 
 
+_VIA_PARAMS: Final = frozenset(("branch", "received", "rport", "maddr", "ttl", "alias", "lr"))
 _VIA_RE: Final = re.compile(r"\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9.!%*_+`'~-]+)\s+(\S.*)", re.I)
 
 

@@ -72,17 +72,19 @@ class Link:
     b_if: str = "xb0"
     socks: list[socket.socket] = field(default_factory=list)
 
-    def sender(self, iface: str | None = None) -> socket.socket:
-        """A raw socket in ``a`` that sends prebuilt Ethernet frames out of ``iface``."""
-        with in_netns(self.a.name):
+    def sender(self, iface: str | None = None, *, from_b: bool = False) -> socket.socket:
+        """A raw socket in ``a`` (or ``b``) that sends prebuilt Ethernet frames out of ``iface``."""
+        with in_netns(self.b.name if from_b else self.a.name):
             s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        s.bind((iface or self.a_if, 0))
+        s.bind((iface or (self.b_if if from_b else self.a_if), 0))
         self.socks.append(s)
         return s
 
-    def send(self, frames: Sequence[bytes], iface: str | None = None) -> None:
-        """Send every frame, in order, from ``a``."""
-        s = self.sender(iface)
+    def send(
+        self, frames: Sequence[bytes], iface: str | None = None, *, from_b: bool = False
+    ) -> None:
+        """Send every frame, in order, from ``a`` (received on ``b_if``) or ``b`` (sent on it)."""
+        s = self.sender(iface, from_b=from_b)
         for f in frames:
             s.send(f)
 

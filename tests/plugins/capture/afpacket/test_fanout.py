@@ -6,23 +6,29 @@ import multiprocessing
 import struct
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+from scapy.layers.inet import IP, UDP
 
 from otus.core.errors import CaptureError
 from otus.plugins.base import PluginContext
 from tests.infra.skips import requires_root
 
-from .frames import frags4, frags6, udp4
+from .frames import MAC_A, MAC_B, eth, frags4, frags6, sip, udp4
 from .helpers import Collector, Link, fanout_worker, link
 
 pytestmark = [requires_root]
 
 
-def _run_workers(lk: Link, cfg: dict[str, Any], frames: list[bytes]) -> list[list[bytes]]:
-    """Start two spawned capture workers in ``b``, send ``frames`` from ``a``, collect."""
+def _run_workers(
+    lk: Link,
+    cfg: dict[str, Any],
+    frames: list[bytes],
+    sent_by_b: Sequence[bytes] = (),
+) -> list[list[bytes]]:
+    """Start two capture workers in ``b``; send ``frames`` from ``a``, ``sent_by_b`` from b."""
     mp = multiprocessing.get_context("spawn")
     conns, procs = [], []
     try:
@@ -41,6 +47,7 @@ def _run_workers(lk: Link, cfg: dict[str, Any], frames: list[bytes]) -> list[lis
             groups.add(msg[1])
         assert len(groups) == 1 and None not in groups  # both derived the same group id
         lk.send(frames)
+        lk.send(sent_by_b, from_b=True)
         time.sleep(0.3)  # several block timeouts: every frame is in a retired block
         out = []
         for c in conns:
@@ -113,6 +120,42 @@ def test_fragments_reach_one_worker_whole(lk: Link) -> None:
     assert Counter(six_a + six_b) == Counter(f for d in v6 for f in d)
     for d in v6:
         assert set(d) <= set(six_a) or set(d) <= set(six_b)
+
+
+def _udp(src: str, dst: str, sport: int, dport: int, size: int, vlan: int | None) -> bytes:
+    e = eth(vlan=vlan)
+    if src == "10.1.0.2":  # b -> a: the reverse direction
+        e.src, e.dst = MAC_B, MAC_A
+    return bytes(e / IP(src=src, dst=dst, id=size) / UDP(sport=sport, dport=dport) / sip(0, size))
+
+
+def test_hash_keeps_flows_and_fragments_together_tagged_sent_frames_too(lk: Link) -> None:
+    # A frame sent with its 802.1Q tag in the data (no VLAN transmit offload, or written by a
+    # packet socket, as here from b) fools the kernel's own hash: it spread one flow over the
+    # workers by packet length and split fragments. Our hash finds the IP header itself, and is
+    # symmetric: a flow's received and sent frames meet on one worker.
+    received, sent = [], []
+    flow_of: dict[bytes, int] = {}
+    for n in range(16):
+        for size in (100, 700, 1300):
+            for vlan in (None, 100):
+                there = _udp("10.1.0.1", "10.1.0.2", 10000 + n, 5060, size, vlan)
+                back = _udp("10.1.0.2", "10.1.0.1", 5060, 10000 + n, size, vlan)
+                received.append(there)
+                sent.append(back)
+                flow_of[there] = flow_of[back] = n
+    dgrams = [frags4(n, size=2500 + 100 * n, vlan=100) for n in range(8)]  # sent, tag inline
+    for n, d in enumerate(dgrams):
+        for f in d:
+            flow_of[f] = 100 + n
+    sent += [f for d in dgrams for f in d]
+    cfg = {"interfaces": [lk.b_if], "fanout_size": 2, "bpf_filter": ""}
+    a, b = _run_workers(lk, cfg, received, sent)
+    a = [f for f in a if f in flow_of]  # IPv6 neighbour discovery and the like
+    b = [f for f in b if f in flow_of]
+    assert Counter(a + b) == Counter(received + sent)
+    assert a and b
+    assert not {flow_of[f] for f in a} & {flow_of[f] for f in b}
 
 
 async def test_mismatched_group_settings_are_a_clear_error(lk: Link) -> None:

@@ -13,6 +13,7 @@ __all__ = [
     "REGISTER",
     "SDP",
     "TYPICAL",
+    "VARIED",
     "build",
     "sipp_messages",
 ]
@@ -116,6 +117,151 @@ REGISTER = build(
 )
 
 TYPICAL = {"invite_sdp": INVITE_SDP, "ok_3via": OK_3VIA, "options": OPTIONS, "register": REGISTER}
+
+_AV_SDP = (
+    "v=0\r\no=- 20518 0 IN IP6 2001:db8::5\r\ns=-\r\nc=IN IP6 2001:db8::5\r\nt=0 0\r\n"
+    "m=audio 54400 RTP/SAVPF 111 0 8 126\r\n"
+    "c=IN IP4 198.51.100.20\r\n"
+    "a=rtpmap:111 opus/48000/2\r\n"
+    "a=rtpmap:126 telephone-event/8000\r\n"
+    "a=sendrecv\r\n"
+    "m=video 55400 RTP/SAVPF 96 97\r\n"
+    "a=rtpmap:96 VP8/90000\r\n"
+    "a=rtpmap:97 H264/90000\r\n"
+)
+
+# Valid messages in the many forms the grammar allows, for the tshark cross-check.
+VARIED: dict[str, bytes] = {
+    **TYPICAL,
+    "compact": build(
+        "INVITE sip:bob@b.example SIP/2.0",
+        [
+            "v: SIP/2.0/TCP client.a.example:5061;branch=z9hG4bK74bf9",
+            "max-forwards: 70",
+            "f: Alice <sip:alice@a.example>;tag=9fxced76sl",
+            "t: Bob <sip:bob@b.example>",
+            "i: 3848276298220188511@a.example",
+            "CSEQ: 1 INVITE",
+            "m: <sip:alice@client.a.example;transport=tcp>",
+            "c: application/sdp",
+            "k: 100rel",
+        ],
+        _AV_SDP,
+    ).replace(b"Content-Length:", b"l:"),
+    "mixed_case_and_blanks": build(
+        "SUBSCRIBE sip:carol@c.example SIP/2.0",
+        [
+            "VIA: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bKsub;rport",
+            "from:\t<sip:dave@d.example>;tag=d1",
+            "TO: <sip:carol@c.example>",
+            "call-id: sub-1@d.example",
+            "cseq: 20 SUBSCRIBE",
+            "Event: presence",
+            "Expires: 3600",
+            "user-agent: lower/1",
+        ],
+    ),
+    "folded": build(
+        "MESSAGE sip:bob@b.example SIP/2.0",
+        [
+            "Via: SIP/2.0/UDP a.example:5060\r\n ;branch=z9hG4bKfold",
+            "From: <sip:alice@a.example>;tag=m1",
+            "To: <sip:bob@b.example>",
+            "Call-ID: folded-1@a.example",
+            "CSeq: 3 MESSAGE",
+            "Subject: a subject\r\n\t that continues",
+            "Content-Type: text/plain",
+        ],
+        "hello bob",
+    ),
+    "vias": build(
+        "SIP/2.0 180 Ringing",
+        [
+            "Via: SIP/2.0/UDP [2001:db8::1]:5070;branch=z9hG4bKv6;received=2001:db8::99;rport=5071",
+            "Via: SIP/2.0/TLS p1.example;branch=z9hG4bKp1, SIP/2.0/UDP p2.example:5080"
+            ";branch=z9hG4bKp2",
+            "v: SIP/2.0/SCTP [2001:db8::3];branch=z9hG4bKv63",
+            "From: <sip:alice@a.example>;tag=r1",
+            "To: Bob <sip:bob@b.example>;tag=r2",
+            "Call-ID: vias-1",
+            "CSeq: 9 INVITE",
+            "Server: proxy/3.1",
+        ],
+    ),
+    "quoted": build(
+        "BYE sip:bob@192.0.2.4 SIP/2.0",
+        [
+            "Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKbye",
+            "Max-Forwards: 69",
+            'From: "Alice \\"The Boss\\" Liddell" <sip:alice@a.example>;tag=q1',
+            "To: sip:bob@b.example;tag=q2",
+            "Call-ID: quoted-1",
+            "CSeq: 231 BYE",
+            "P-Asserted-Identity: <sip:+15551234567@a.example;user=phone>",
+            'Reason: Q.850;cause=16;text="Normal call clearing"',
+            "User-Agent: Otus UA/2.0",
+        ],
+    ),
+    "utf8": build(
+        "INFO sip:bob@b.example SIP/2.0",
+        [
+            "Via: SIP/2.0/UDP a.example;branch=z9hG4bKutf",
+            'From: "Zoë Çelik" <sip:zoe@a.example>;tag=u1',
+            "To: Jürgen <sip:j@b.example>;tag=u2",
+            "Call-ID: utf-1",
+            "CSeq: 5 INFO",
+        ],
+    ),
+    "busy": build(
+        "SIP/2.0 486 Busy Here",
+        [
+            "Via: SIP/2.0/UDP pc33.a.example;branch=z9hG4bKb;received=192.0.2.1;rport=5060",
+            "From: Alice <sip:alice@a.example>;tag=b1",
+            "To: Bob <sip:bob@b.example>;tag=b2",
+            "Call-ID: busy-1",
+            "CSeq: 1 INVITE",
+            "Server: pbx",
+        ],
+    ),
+    "cancel": build(
+        "CANCEL sip:bob@b.example SIP/2.0",
+        [
+            "Via: SIP/2.0/UDP pc33.a.example;branch=z9hG4bKc",
+            "Max-Forwards: 70",
+            "From: Alice <sip:alice@a.example>;tag=c1",
+            "To: Bob <sip:bob@b.example>",
+            "Call-ID: cancel-1",
+            "CSeq: 1 CANCEL",
+        ],
+    ),
+    "notify": build(
+        "NOTIFY sip:alice@a.example SIP/2.0",
+        [
+            "Via: SIP/2.0/TCP b.example;branch=z9hG4bKn",
+            "From: <sip:bob@b.example>;tag=n1",
+            "To: <sip:alice@a.example>;tag=n2",
+            "Call-ID: notify-1",
+            "CSeq: 8 NOTIFY",
+            "o: refer",
+            "Subscription-State: active;expires=60",
+            "Content-Type: message/sipfrag",
+        ],
+        "SIP/2.0 200 OK\r\n",
+    ),
+    "ok_with_sdp": build(
+        "SIP/2.0 200 OK",
+        [
+            "Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKo;received=10.0.0.1",
+            "From: Alice <sip:alice@a.example>;tag=o1",
+            "To: Bob <sip:bob@b.example>;tag=o2",
+            "Call-ID: okdsp-1",
+            "CSeq: 2 INVITE",
+            "Contact: <sip:bob@10.0.0.2:5060>",
+            "Content-Type: application/sdp",
+        ],
+        _AV_SDP,
+    ),
+}
 
 # Values for sipp's [keywords] when rendering its built-in scenarios without running it.
 _KEYWORDS = {

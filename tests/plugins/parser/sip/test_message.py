@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from otus.plugins.parser.sip import SipParseError, parse_message
+from otus.plugins.parser.sip import SipParseError, headers, parse_message
 from otus.plugins.parser.sip.headers import COMPACT
 from tests.plugins.parser.sip.corpus import INVITE_SDP, OK_3VIA, OPTIONS, REGISTER, build
 
@@ -265,14 +265,20 @@ class TestFoldingAndLineEnds:
             "Subject: a long\r\n  subject",
             "User-Agent: Otus\r\n\t/2.0",
         ).replace(b"Call-ID: c1", b"Call-ID:\r\n folded-cid")
-        r = parse(data.replace(b"branch=z9hG4bK1", b"\r\n  branch=z9hG4bK1").replace(b"h.example;", b"h.example\r\n ;"))
+        r = parse(
+            data.replace(b"branch=z9hG4bK1", b"\r\n  branch=z9hG4bK1").replace(
+                b"h.example;", b"h.example\r\n ;"
+            )
+        )
         assert r["call_id"] == "folded-cid"
         assert r["user_agent"] == "Otus /2.0"
         assert r["via"][0]["host"] == "h.example"
         assert r["via"][0]["branch"] == "z9hG4bK1"
 
     def test_bare_lf(self) -> None:
-        r = parse(build("INVITE sip:b@y SIP/2.0", BASE[:3] + ["Call-ID: lf", "CSeq: 2 INVITE"], eol="\n"))
+        r = parse(
+            build("INVITE sip:b@y SIP/2.0", [*BASE[:3], "Call-ID: lf", "CSeq: 2 INVITE"], eol="\n")
+        )
         assert (r["call_id"], r["cseq"]["seq"]) == ("lf", 2)
 
     def test_bare_lf_with_body(self) -> None:
@@ -313,7 +319,10 @@ class TestVia:
             "SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bK6",
             "SIP/2.0/UDP [fe80::1%25eth0];branch=z9hG4bK7",
         )
-        assert [(v["host"], v["port"]) for v in got] == [("2001:db8::1", 5060), ("fe80::1%25eth0", None)]
+        assert [(v["host"], v["port"]) for v in got] == [
+            ("2001:db8::1", 5060),
+            ("fe80::1%25eth0", None),
+        ]
 
     def test_received_and_rport(self) -> None:
         (v,) = self.vias("SIP/2.0/UDP 10.0.0.1:5070;rport=40000;branch=z9hG4bKr;received=192.0.2.9")
@@ -428,7 +437,7 @@ class TestText:
         assert r["from"]["display"] == "Jürgen Müller 日本"
 
     def test_invalid_utf8_is_replaced(self) -> None:
-        data = req("From: \"Caf\xe9\" <sip:c@x>;tag=l1", "User-Agent: bad \xff\xfe bytes")
+        data = req('From: "Caf\xe9" <sip:c@x>;tag=l1', "User-Agent: bad \xff\xfe bytes")
         data = data.replace("\xe9".encode(), b"\xe9").replace("\xff\xfe".encode(), b"\xff\xfe")
         r = parse(data)
         assert r["from"]["display"] == "Caf\ufffd"
@@ -445,3 +454,25 @@ class TestText:
         r = parse(req("User-Agent: a\x00b\x01c"))
         assert r["user_agent"] == "a\x00b\x01c"
         orjson.dumps(r)
+
+
+class TestBounds:
+    def test_many_distinct_header_names(self) -> None:
+        names = [f"X-H{i}: v" for i in range(6000)]  # more than the learned-names bound
+        assert parse(req(*names))["call_id"] == "c1"
+        assert len(headers.NAMES) <= headers._MAX_NAMES + 6000
+
+    def test_caches_stay_bounded(self) -> None:
+        for i in range(headers._CACHE_MAX + 500):
+            parse(
+                req(
+                    f"From: <sip:a{i}@x>;tag={i}",
+                    f"Via: SIP/2.0/UDP h{i}.example;branch=z9hG4bK{i}",
+                    f"CSeq: {i} OPTIONS",
+                )
+            )
+        for cache in (headers.ADDRS, headers.VIAS, headers.CSEQS, headers._VIA_HEADS):
+            assert len(cache) <= headers._CACHE_MAX
+        for _ in range(3):
+            parse(req(*(f"X-N{i}-{_}: v" for i in range(3000))))
+        assert len(headers.NAMES) <= headers._MAX_NAMES + 3000

@@ -25,7 +25,9 @@ def pkt(
     transport: int = IPPROTO_UDP,
     encap: Encap | None = None,
 ) -> DecodedPacket:
-    return DecodedPacket(1_700_000_000_123_456, "10.0.0.1", "10.0.0.2", sport, dport, transport, payload, encap)
+    return DecodedPacket(
+        1_700_000_000_123_456, "10.0.0.1", "10.0.0.2", sport, dport, transport, payload, encap
+    )
 
 
 def parser(**options: object) -> SipParser:
@@ -53,7 +55,12 @@ class TestConfig:
 
     def test_defaults(self) -> None:
         c = SipConfig()
-        assert (c.ports, c.detect_by_content, c.sdp, c.keep_raw) == ([5060, 5080], True, True, False)
+        assert (c.ports, c.detect_by_content, c.sdp, c.keep_raw) == (
+            [5060, 5080],
+            True,
+            True,
+            False,
+        )
         assert c.max_message_size == 65535
 
     @pytest.mark.parametrize(
@@ -224,7 +231,11 @@ class TestTcpSegments:
         p = parser()
         out = run(p, self.seg(REGISTER + INVITE_SDP[:300]))
         assert [o.payload["method"] for o in out] == ["REGISTER"]
-        assert nonzero(p) == {"parse.messages": 1, "sip.request.REGISTER": 1, "parse.drop.tcp_partial": 1}
+        assert nonzero(p) == {
+            "parse.messages": 1,
+            "sip.request.REGISTER": 1,
+            "parse.drop.tcp_partial": 1,
+        }
 
     def test_body_not_all_there(self) -> None:
         p = parser()
@@ -258,7 +269,11 @@ class TestTcpSegments:
         p = parser()
         assert run(p, self.seg(b"\r\n\r\n"), self.seg(b"\r\n")) == []
         assert run(p, self.seg(b"\r\n\r\n" + OPTIONS + b"\r\n"))[0].payload["method"] == "OPTIONS"
-        assert nonzero(p) == {"parse.drop.keepalive": 2, "parse.messages": 1, "sip.request.OPTIONS": 1}
+        assert nonzero(p) == {
+            "parse.drop.keepalive": 2,
+            "parse.messages": 1,
+            "sip.request.OPTIONS": 1,
+        }
 
     def test_oversized_message_in_segment(self) -> None:
         p = parser(max_message_size=600)

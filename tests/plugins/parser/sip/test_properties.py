@@ -11,8 +11,15 @@ from hypothesis import strategies as st
 
 from otus.core.packet import IPPROTO_TCP, IPPROTO_UDP, DecodedPacket, OutputPacket
 from otus.plugins.base import PluginContext
-from otus.plugins.parser.sip import SipConfig, SipParseError, SipParser, frame_end, parse_message
-from otus.plugins.parser.sip import headers, parse_sdp
+from otus.plugins.parser.sip import (
+    SipConfig,
+    SipParseError,
+    SipParser,
+    frame_end,
+    headers,
+    parse_message,
+    parse_sdp,
+)
 from tests.plugins.parser.sip.corpus import SDP, TYPICAL, build, sipp_messages
 from tests.plugins.parser.sip.test_message import KEYS
 

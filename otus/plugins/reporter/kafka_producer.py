@@ -1,0 +1,111 @@
+"""The Kafka reporter's aiokafka glue: making producers, resending batches, tearing down.
+
+Every use of aiokafka internals lives here, each with the reason it is needed, so an aiokafka
+upgrade has one place to check (the tests exercise each path against a real broker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from otus.plugins.base import PluginContext
+from otus.plugins.reporter.kafka_config import KafkaConfig
+
+__all__ = ["force_close", "metadata_error", "new_producer", "rebuild", "retriable"]
+
+
+def new_producer(
+    cfg: KafkaConfig,
+    ctx: PluginContext,
+    *,
+    idempotent: bool,
+    ssl_ctx: ssl.SSLContext | None,
+    password: str | None,
+) -> Any:
+    """An unstarted AIOKafkaProducer for ``cfg`` (batches come from the reporter's lanes)."""
+    from aiokafka import AIOKafkaProducer  # noqa: PLC0415 - aiokafka loads only when Kafka is used
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=list(cfg.brokers),
+        client_id=cfg.client_id or f"otus-{ctx.agent_id or 'agent'}-{ctx.task_id}",
+        acks="all" if cfg.acks == "all" else int(cfg.acks),
+        enable_idempotence=idempotent,
+        compression_type=None if cfg.compression == "none" else cfg.compression,
+        max_batch_size=cfg.batch_size,
+        max_request_size=cfg.max_request_size,
+        retry_backoff_ms=cfg.retry_backoff_ms,
+        request_timeout_ms=cfg.request_timeout_ms,
+        metadata_max_age_ms=cfg.metadata_max_age_ms,
+        security_protocol=cfg.security_protocol,
+        ssl_context=ssl_ctx,
+        sasl_mechanism=cfg.sasl_mechanism or "PLAIN",
+        sasl_plain_username=cfg.username,
+        sasl_plain_password=password,
+    )
+    if idempotent:
+        # aiokafka fails a batch whose partition has had no leader for request_timeout_ms, as
+        # during a broker restart, though an earlier attempt may have been written: resending
+        # it would duplicate. Idempotent batches instead retry until the leader is back (same
+        # producer id and sequence: the broker drops repeats); the reporter's buffer bounds them.
+        accumulator = getattr(producer, "_message_accumulator", None)
+        if accumulator is not None and hasattr(accumulator, "_batch_ttl"):
+            accumulator._batch_ttl = float("inf")
+    return producer
+
+
+def rebuild(old: Any, new_builder: Callable[[], Any]) -> Any:
+    """A fresh builder holding a sent batch's records (aiokafka's cannot be submitted twice)."""
+    from aiokafka.record.default_records import DefaultRecordBatch  # noqa: PLC0415
+
+    builder = new_builder()
+    # _build() returns the bytes aiokafka built and sent; reading them back costs nothing on
+    # the hot path, where keeping every record twice until acknowledged would.
+    for r in DefaultRecordBatch(bytes(old._build())):
+        # The same records in the same order fit the same batch size.
+        builder.append(timestamp=r.timestamp, key=r.key, value=r.value, headers=r.headers)
+    return builder
+
+
+def retriable(exc: BaseException) -> bool:
+    """Whether resending can help: Kafka says so, or a fresh producer clears the error."""
+    from aiokafka import errors as e  # noqa: PLC0415
+
+    fresh = (
+        e.KafkaTimeoutError,
+        e.OutOfOrderSequenceNumber,
+        e.InvalidProducerEpoch,
+        e.ProducerFenced,
+        e.ProducerClosed,
+    )
+    if getattr(exc, "retriable", False) or isinstance(exc, fresh):
+        return True
+    return type(exc) is e.KafkaError  # the sender task died: a new producer starts afresh
+
+
+def metadata_error(exc: BaseException) -> bool:
+    """A topic or partition problem, which a new producer would not fix."""
+    from aiokafka import errors as e  # noqa: PLC0415
+
+    # AssertionError: send_batch() asserts the partition is in the metadata.
+    topic_errors = (e.UnknownTopicOrPartitionError, e.TopicAuthorizationFailedError)
+    return isinstance(exc, (AssertionError, *topic_errors))
+
+
+async def force_close(producer: Any) -> None:
+    """Tear down a producer whose stop() hung (broker gone): fail its batches, cancel its sender."""
+    from aiokafka.errors import ProducerClosed  # noqa: PLC0415
+
+    # aiokafka has no public way to abandon undeliverable batches: its stop() waits for them.
+    accumulator = getattr(producer, "_message_accumulator", None)
+    if accumulator is not None:
+        accumulator.fail_all(ProducerClosed())
+    task = getattr(getattr(producer, "_sender", None), "sender_task", None)
+    if task is not None and not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=1.0)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(producer.client.close(), 5.0)

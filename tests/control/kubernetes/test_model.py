@@ -1,0 +1,131 @@
+"""The CaptureTask model: task ids, label selectors, secretRef placeholders, TaskSpec mapping."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import pytest
+
+from otus.control.kubernetes.model import (
+    UNRESOLVED_DIR,
+    LabelSelector,
+    _with_secret_ref,
+    parse_capture_task,
+    task_id_for,
+)
+from otus.core.errors import SpecError
+from otus.core.model import SpecModel
+from otus.pipeline.spec import TASK_ID_PATTERN
+from otus.plugins.reporter.kafka import KafkaConfig
+
+BASE: dict[str, Any] = {"capture": {"interfaces": ["eth0"]}, "reporters": [{"type": "console"}]}
+
+
+def test_task_ids_fit_the_task_pattern() -> None:
+    assert task_id_for("voice", "calls") == "voice.calls"
+    long_ns, long_name = "n" * 63, "a.b-" * 60 + "z"
+    tid = task_id_for(long_ns, long_name)
+    assert len(tid) == 63 and re.match(TASK_ID_PATTERN, tid)
+    assert tid != task_id_for(long_ns, long_name[:-1] + "y")  # the hash tells them apart
+    assert task_id_for(long_ns, long_name) == tid  # stable
+    edge = task_id_for("x" * 51, "-" + "y" * 20)  # the cut lands on a '.' or '-'
+    assert re.match(TASK_ID_PATTERN, edge), edge
+
+
+@pytest.mark.parametrize(
+    ("selector", "labels", "expected"),
+    [
+        ({}, {}, True),
+        ({"matchLabels": {"role": "sip"}}, {"role": "sip", "x": "y"}, True),
+        ({"matchLabels": {"role": "sip"}}, {"role": "web"}, False),
+        ({"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a", "b"]}]},
+         {"zone": "b"}, True),
+        ({"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]}]}, {}, True),
+        ({"matchExpressions": [{"key": "gpu", "operator": "Exists"}]}, {"gpu": ""}, True),
+        ({"matchExpressions": [{"key": "cp", "operator": "DoesNotExist"}]}, {"cp": "1"}, False),
+    ],
+)  # fmt: skip
+def test_label_selector(selector: dict[str, Any], labels: dict[str, str], expected: bool) -> None:
+    assert LabelSelector.model_validate(selector).matches(labels) is expected
+
+
+def test_selector_operators_need_the_right_values() -> None:
+    with pytest.raises(SpecError, match="In and NotIn need values"):
+        parse_capture_task(
+            {**BASE, "nodeSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}
+        )
+
+
+def test_pcap_capture_is_not_a_cluster_task() -> None:
+    with pytest.raises(SpecError, match="capture"):
+        parse_capture_task({**BASE, "capture": {"type": "pcap", "path": "/x.pcap"}})
+
+
+def test_to_task_spec_uses_the_task_model() -> None:
+    cts = parse_capture_task(
+        {**BASE, "paused": True, "parsers": ["sip"], "limits": {"maxPackets": 10}}
+    )
+    spec = cts.to_task_spec("ns.name")
+    assert spec.id == "ns.name" and spec.limits.max_packets == 10
+    assert spec.capture.model_dump()["interfaces"] == ["eth0"]
+
+
+class _KafkaSpec(SpecModel):
+    type: Literal["kafka"]
+    config: KafkaConfig
+
+
+Entry = _with_secret_ref(_KafkaSpec)
+SASL = {
+    "brokers": ["k:9093"],
+    "topic": "sip",
+    "security_protocol": "SASL_SSL",
+    "sasl_mechanism": "PLAIN",
+}
+
+
+def test_secret_ref_fills_placeholders_for_validation() -> None:
+    entry = Entry.model_validate(
+        {
+            "type": "kafka",
+            "config": SASL,
+            "secretRef": {"name": "creds", "usernameKey": "u", "passwordKey": "p", "caKey": "ca"},
+        }
+    )
+    config = entry.config  # type: ignore[attr-defined]
+    assert config.password_file == f"{UNRESOLVED_DIR}/p"
+    assert config.ssl_cafile == f"{UNRESOLVED_DIR}/ca"
+    assert config.username == "secret-u"
+    assert entry.secret_ref.keys() == {  # type: ignore[attr-defined]
+        "username": "u", "password_file": "p", "ssl_cafile": "ca",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("config", "ref", "message"),
+    [
+        ({**SASL, "password": "x"}, None, "credentials come from a Secret"),
+        ({**SASL, "sslCafile": "/etc/ca"}, None, "credentials come from a Secret"),
+        ({**SASL, "username": "me"}, {"name": "c", "usernameKey": "u", "passwordKey": "p"},
+         "both inline and through secretRef"),
+        (SASL, {"name": "c", "keyKey": "k", "passwordKey": "p", "usernameKey": "u"},
+         "keyKey needs certKey"),
+        (SASL, None, "needs sasl_mechanism and username"),
+    ],
+)  # fmt: skip
+def test_secret_ref_errors(
+    config: dict[str, Any], ref: dict[str, Any] | None, message: str
+) -> None:
+    data: dict[str, Any] = {"type": "kafka", "config": config}
+    if ref is not None:
+        data["secretRef"] = ref
+    with pytest.raises(ValueError, match=message):
+        Entry.model_validate(data)
+
+
+def test_reporters_without_credentials_take_no_secret_ref() -> None:
+    with pytest.raises(SpecError, match="secret"):
+        parse_capture_task(
+            {**BASE, "reporters": [{"type": "console", "secretRef": {"name": "x", "caKey": "c"}}]}
+        )

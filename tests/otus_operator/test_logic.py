@@ -1,0 +1,86 @@
+"""The operator's rules without a cluster: assignment, node health, conditions, drain."""
+
+from __future__ import annotations
+
+from otus_operator.logic import assign, merge_conditions, plan_status, rfc3339, waiting_nodes
+
+from otus.control.kubernetes.model import LabelSelector
+
+NOW = 1_800_000_000.0
+NODES = {"a": {"sip": "1"}, "b": {"sip": "1"}, "c": {}}
+
+
+def entry(phase: str, age: float = 1.0, **kw: int) -> dict[str, object]:
+    return {"phase": phase, "lastHeartbeat": rfc3339(NOW - age), **kw}
+
+
+def test_assign_needs_a_ready_agent_to_join_and_any_agent_to_stay() -> None:
+    sel = LabelSelector.model_validate({"matchLabels": {"sip": "1"}})
+    assert assign(sel, NODES, {"a": True, "b": False, "c": True}, []) == ["a"]
+    assert assign(sel, NODES, {"a": True, "b": False}, ["a", "b"]) == ["a", "b"]
+    assert assign(sel, NODES, {"a": True}, ["a", "b"]) == ["a"]  # b's agent pod is gone
+    assert assign(LabelSelector(), NODES, {"a": True, "c": True}, []) == ["a", "c"]
+
+
+def test_all_running_is_ready_with_totals() -> None:
+    status = {"nodes": {"a": entry("Running", packets=5, sipMessages=2, drops=1),
+                        "b": entry("Running", packets=1)}}  # fmt: skip
+    plan = plan_status(spec_errors=None, paused=False, assigned=["a", "b"], status=status,
+                       generation=3, now=NOW, heartbeat_timeout=30)  # fmt: skip
+    ready, degraded = plan.status["conditions"]
+    assert (ready["status"], ready["reason"], ready["observedGeneration"]) == ("True", "Running", 3)
+    assert degraded["status"] == "False"
+    assert plan.status["totals"] == {"packets": 6, "sipMessages": 2, "drops": 1}
+    assert plan.status["runningNodes"] == 2 and plan.node_patch == {} and plan.event is None
+
+
+def test_silent_node_is_marked_unknown() -> None:
+    status = {"nodes": {"a": entry("Running"), "b": entry("Running", age=120)}}
+    plan = plan_status(spec_errors=None, paused=False, assigned=["a", "b"], status=status,
+                       generation=1, now=NOW, heartbeat_timeout=30)  # fmt: skip
+    assert plan.node_patch["b"]["phase"] == "Unknown"
+    assert "120s" in plan.node_patch["b"]["message"]
+    ready, degraded = plan.status["conditions"]
+    assert ready["status"] == "False" and "b: Unknown" in ready["message"]
+    assert (degraded["status"], degraded["reason"]) == ("True", "NodesUnknown")
+
+
+def test_unassigned_entries_are_pruned_once_stopped_or_silent() -> None:
+    status = {"nodes": {"a": entry("Running"), "old": entry("Stopped"),
+                        "gone": entry("Running", age=99), "busy": entry("Stopping")}}  # fmt: skip
+    plan = plan_status(spec_errors=None, paused=False, assigned=["a"], status=status,
+                       generation=1, now=NOW, heartbeat_timeout=30)  # fmt: skip
+    assert plan.node_patch == {"old": None, "gone": None}
+
+
+def test_invalid_and_paused() -> None:
+    plan = plan_status(spec_errors=["capture: bad"], paused=False, assigned=[], status={},
+                       generation=2, now=NOW, heartbeat_timeout=30)  # fmt: skip
+    assert plan.status["conditions"][0]["reason"] == "InvalidSpec"
+    assert plan.event == ("Warning", "InvalidSpec", "capture: bad")
+    assert plan.status["assignedNodes"] == [] and plan.status["targetedNodes"] == 0
+    plan = plan_status(spec_errors=None, paused=True, assigned=["a"],
+                       status={"nodes": {"a": entry("Paused")}}, generation=2, now=NOW,
+                       heartbeat_timeout=30)  # fmt: skip
+    assert plan.status["conditions"][0]["reason"] == "Paused"
+    assert plan.status["runningNodes"] == 0
+    plan = plan_status(spec_errors=None, paused=False, assigned=[], status={},
+                       generation=2, now=NOW, heartbeat_timeout=30)  # fmt: skip
+    assert plan.status["conditions"][0]["reason"] == "NoNodes"
+
+
+def test_transition_time_moves_only_on_status_change() -> None:
+    old = [{"type": "Ready", "status": "True", "lastTransitionTime": "T0"}]
+    same = merge_conditions(old, [{"type": "Ready", "status": "True"}], "T1")
+    flip = merge_conditions(old, [{"type": "Ready", "status": "False"}], "T1")
+    assert same[0]["lastTransitionTime"] == "T0" and flip[0]["lastTransitionTime"] == "T1"
+
+
+def test_drain_waits_only_for_live_agents() -> None:
+    status = {
+        "assignedNodes": ["a", "b", "new"],
+        "nodes": {"a": entry("Running"), "b": entry("Stopped"), "dead": entry("Running", 99),
+                  "nopod": entry("Running")},
+    }  # fmt: skip
+    agents = {"a": True, "b": True, "dead": True, "new": True}
+    assert waiting_nodes(status, agents, NOW, 30) == ["a", "new"]

@@ -1,0 +1,183 @@
+"""The operator and agents together against the emulated API: the CaptureTask life cycle."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tests.infra.kube import CT_RESOURCE, ct_path, eventually
+from tests.otus_operator.conftest import AGENT_NS, Cluster
+
+NS = "voice"
+SPEC: dict[str, Any] = {
+    "nodeSelector": {"matchLabels": {"otus.firestige.xyz/capture": "sip"}},
+    "capture": {"interfaces": ["eth0", "bond0"]},
+    "processors": [{"type": "filter", "config": {"dropMethods": ["OPTIONS"]}}],
+    "reporters": [{"type": "console"}],
+}
+SIP = {"otus.firestige.xyz/capture": "sip"}
+
+
+def status(c: Cluster, name: str) -> dict[str, Any]:
+    return dict((c.api.obj(CT_RESOURCE, NS, name) or {}).get("status") or {})
+
+
+def condition(c: Cluster, name: str, ctype: str = "Ready") -> dict[str, Any]:
+    for cond in status(c, name).get("conditions") or []:
+        if cond["type"] == ctype:
+            return dict(cond)
+    return {}
+
+
+def node_phase(c: Cluster, name: str, node: str) -> str | None:
+    entry = (status(c, name).get("nodes") or {}).get(node)
+    return entry.get("phase") if entry else None
+
+
+async def ready(c: Cluster, name: str, running: int, within: float = 10.0) -> dict[str, Any]:
+    def check() -> bool:
+        st = status(c, name)
+        return condition(c, name).get("status") == "True" and st.get("runningNodes") == running
+
+    await eventually(check, within, what=f"{name} Ready with {running} nodes: {status(c, name)}")
+    return status(c, name)
+
+
+async def test_create_assigns_runs_and_aggregates(cluster: Cluster) -> None:
+    await cluster.add_node("node-a", SIP)
+    await cluster.add_node("node-b", SIP)
+    await cluster.add_node("node-c", {"otus.firestige.xyz/capture": "none"})
+    await cluster.api.create_ct(NS, "calls", SPEC)
+    st = await ready(cluster, "calls", 2)
+    assert st["assignedNodes"] == ["node-a", "node-b"] and st["targetedNodes"] == 2
+    assert st["totals"] == {"packets": 200, "sipMessages": 80, "drops": 4}
+    assert st["observedGeneration"] == 1
+    assert condition(cluster, "calls", "Degraded")["status"] == "False"
+    assert set(cluster.managers["node-a"].tasks) == {"voice.calls"}
+    assert cluster.managers["node-c"].tasks == {}
+    obj = cluster.api.obj(CT_RESOURCE, NS, "calls") or {}
+    assert "otus.firestige.xyz/finalizer" in obj["metadata"]["finalizers"]
+
+
+async def test_node_labels_move_the_assignment(cluster: Cluster) -> None:
+    await cluster.add_node("node-a", SIP)
+    await cluster.add_node("node-b", {})
+    await cluster.api.create_ct(NS, "calls", SPEC)
+    await ready(cluster, "calls", 1)
+    await cluster.api.node("node-a", {"otus.firestige.xyz/capture": None})
+    await cluster.api.node("node-b", SIP)
+    await eventually(lambda: status(cluster, "calls").get("assignedNodes") == ["node-b"])
+    await ready(cluster, "calls", 1)
+    await eventually(lambda: "voice.calls" not in cluster.managers["node-a"].tasks)
+    assert cluster.managers["node-a"].flushed == ["voice.calls"]
+    # node-a's entry says Stopped, then the operator drops it.
+    await eventually(lambda: node_phase(cluster, "calls", "node-a") is None, what="pruned")
+
+
+async def test_new_agent_pod_joins(cluster: Cluster) -> None:
+    await cluster.add_node("node-a", SIP)
+    await cluster.add_node("node-b", SIP, agent=False)  # no agent yet
+    await cluster.api.create_ct(NS, "calls", SPEC)
+    st = await ready(cluster, "calls", 1)
+    assert st["assignedNodes"] == ["node-a"]
+    await cluster.api.agent_pod(AGENT_NS, "node-b", ready=False)
+    await asyncio.sleep(0.6)
+    assert status(cluster, "calls")["assignedNodes"] == ["node-a"]  # not ready: not yet
+    cluster.start_agent("node-b")
+    await cluster.api.agent_pod(AGENT_NS, "node-b", ready=True)
+    st = await ready(cluster, "calls", 2)
+    assert st["assignedNodes"] == ["node-a", "node-b"]
+
+
+async def test_silent_agent_turns_unknown_then_recovers(cluster: Cluster) -> None:
+    await cluster.add_node("node-a", SIP)
+    await cluster.add_node("node-b", SIP)
+    await cluster.api.create_ct(NS, "calls", SPEC)
+    await ready(cluster, "calls", 2)
+    await cluster.kill_agent("node-b")
+    await eventually(
+        lambda: node_phase(cluster, "calls", "node-b") == "Unknown", 10, what="node-b Unknown"
+    )
+    ready_cond = condition(cluster, "calls")
+    assert ready_cond["status"] == "False" and ready_cond["reason"] == "NodesNotRunning"
+    assert "node-b: Unknown" in ready_cond["message"]
+    degraded = condition(cluster, "calls", "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "NodesUnknown"
+    assert status(cluster, "calls")["runningNodes"] == 1
+    cluster.start_agent("node-b")  # restarted: takes its task over and reports again
+    await ready(cluster, "calls", 2)
+    assert condition(cluster, "calls", "Degraded")["status"] == "False"
+
+
+async def test_pause_stops_agents(cluster: Cluster) -> None:
+    await cluster.add_node("node-a", SIP)
+    await cluster.api.create_ct(NS, "calls", SPEC)
+    await ready(cluster, "calls", 1)
+    await cluster.api.client.merge_patch(ct_path(NS, "calls"), {"spec": {"paused": True}})
+    await eventually(lambda: condition(cluster, "calls").get("reason") == "Paused")
+    await eventually(lambda: node_phase(cluster, "calls", "node-a") == "Paused")
+    assert cluster.managers["node-a"].tasks == {}
+    assert status(cluster, "calls")["observedGeneration"] == 2
+    await cluster.api.client.merge_patch(ct_path(NS, "calls"), {"spec": {"paused": False}})
+    await ready(cluster, "calls", 1)
+
+
+async def test_update_reaches_the_agents(cluster: Cluster) -> None:
+    await cluster.add_node("node-a", SIP)
+    await cluster.api.create_ct(NS, "calls", SPEC)
+    await ready(cluster, "calls", 1)
+    spec = {**SPEC, "capture": {"interfaces": ["eth0"], "bpfFilter": "udp port 5080"}}
+    await cluster.api.client.merge_patch(ct_path(NS, "calls"), {"spec": spec})
+    manager = cluster.managers["node-a"]
+    await eventually(lambda: ("update", "voice.calls") in manager.calls)
+    assert manager.tasks["voice.calls"].spec.capture.model_dump()["bpf_filter"] == "udp port 5080"
+    await eventually(lambda: status(cluster, "calls").get("observedGeneration") == 2)
+
+
+async def test_invalid_spec_is_rejected_with_condition_and_event(cluster: Cluster) -> None:
+    await cluster.add_node("node-a", SIP)
+    bad = {**SPEC, "capture": {"interfaces": ["any", "eth0"]}, "reporters": []}
+    await cluster.api.create_ct(NS, "broken", bad)
+    cond = await eventually(lambda: condition(cluster, "broken").get("reason") == "InvalidSpec"
+                            and condition(cluster, "broken"))  # fmt: skip
+    assert cond["status"] == "False"
+    assert "'any' captures every interface" in cond["message"]
+    assert "reporters" in cond["message"]
+    assert status(cluster, "broken")["assignedNodes"] == []
+    events = await eventually(
+        lambda: [e for e in cluster.api.events(NS) if e.get("reason") == "InvalidSpec"]
+    )
+    assert events[0]["type"] == "Warning"
+    assert events[0]["involvedObject"]["name"] == "broken"
+    await asyncio.sleep(0.5)
+    assert cluster.managers["node-a"].calls == []
+    # Fixed: it runs.
+    await cluster.api.client.merge_patch(ct_path(NS, "broken"), {"spec": SPEC})
+    await ready(cluster, "broken", 1)
+
+
+async def test_delete_waits_for_agents_to_stop(cluster: Cluster) -> None:
+    await cluster.add_node("node-a", SIP)
+    await cluster.add_node("node-b", SIP)
+    await cluster.api.create_ct(NS, "calls", SPEC)
+    await ready(cluster, "calls", 2)
+    await cluster.api.client.delete(ct_path(NS, "calls"))
+    await eventually(lambda: cluster.api.obj(CT_RESOURCE, NS, "calls") is None, what="gone")
+    for node in ("node-a", "node-b"):
+        assert cluster.managers[node].flushed == ["voice.calls"]
+    history = cluster.api.history(CT_RESOURCE, NS, "calls")
+    last = history[-1]["status"]["nodes"]
+    assert {n: e["phase"] for n, e in last.items()} == {"node-a": "Stopped", "node-b": "Stopped"}
+    await eventually(lambda: any(e.get("reason") == "Drained" for e in cluster.api.events(NS)))
+
+
+async def test_delete_is_released_after_the_bounded_wait(cluster: Cluster) -> None:
+    await cluster.add_node("node-a", SIP)
+    await cluster.api.create_ct(NS, "calls", SPEC)
+    await ready(cluster, "calls", 1)
+    await cluster.kill_agent("node-a")  # nobody will confirm; its pod still looks ready
+    await cluster.api.client.delete(ct_path(NS, "calls"))
+    await eventually(lambda: cluster.api.obj(CT_RESOURCE, NS, "calls") is None, 15, what="gone")
+    await eventually(
+        lambda: {e.get("reason") for e in cluster.api.events(NS)} & {"DrainTimeout", "Drained"}
+    )
