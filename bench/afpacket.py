@@ -44,8 +44,9 @@ IF_A, IF_B = "ba0", "bb0"
 LIVE_RING_MIB = 32  # the capturer's default ring (256 KiB x 128)
 FULL_RING_BLOCKS = 16  # 4 MiB: ~6,000 SIP frames, a fraction of a second at the rates reached
 DRAIN_RING_MIB = 256
-LADDER = (50_000, 100_000, 150_000, 200_000, 300_000, 400_000, 600_000)
-FULL_LADDER = (10_000, 15_000, 20_000, 25_000, 30_000, 40_000, 50_000, 75_000, 100_000, 150_000)
+LADDER = (50_000, 100_000, 150_000, 200_000, 250_000, 300_000, 350_000, 400_000, 500_000, 600_000)
+FULL_LADDER = (5_000, 10_000, 15_000, 20_000, 25_000, 30_000, 40_000, 50_000, 75_000, 100_000,
+               150_000)  # fmt: skip
 # Real sipp captures weighted like bench/corpus.py; their SIP frames and fragments (no ARP or
 # neighbour discovery) all pass the default filter. No QinQ: tcpdump's kernel-side "vlan" tests
 # the metadata tag, so its default filter would miss those frames and the counts would differ.

@@ -212,8 +212,7 @@ class KubernetesAgent:
         next_resync = time.monotonic() + self.resync_s
         while True:
             timeout = max(0.0, next_resync - time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await _wait(self._wake, timeout)
             self._wake.clear()
             if time.monotonic() >= next_resync:
                 next_resync = time.monotonic() + self.resync_s
@@ -402,8 +401,7 @@ class KubernetesAgent:
     async def _report_loop(self) -> None:
         tick = min(1.0, self.heartbeat_s / 2)
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._report_now.wait(), tick)
+            await _wait(self._report_now, tick)
             self._report_now.clear()
             now = time.monotonic()
             for entry in list(self.entries.values()):
@@ -419,7 +417,19 @@ class KubernetesAgent:
         for e in live:
             e.phase, e.message = "Stopped", "agent shutting down"
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.gather(*(self._write(e) for e in live)), 3.0)
+            async with asyncio.timeout(3.0):
+                await asyncio.gather(*(self._write(e) for e in live))
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    """Wait for ``event`` at most ``timeout`` seconds.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it can swallow a cancellation that arrives as the
+    event fires, and a loop built on it then never ends.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
 
 
 def _private_dir(path: Path) -> None:
