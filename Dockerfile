@@ -12,10 +12,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY otus ./otus
 COPY operator ./operator
-RUN python -m pip wheel --wheel-dir /wheels . \
+RUN python -m pip wheel --wheel-dir /wheels ".[operator]" \
  && python -m venv /opt/otus \
- && /opt/otus/bin/pip install --no-index --find-links /wheels otus \
- && /opt/otus/bin/pip install --find-links /wheels "kopf>=1.45,<2" "aiohttp>=3.9" \
+ && /opt/otus/bin/pip install --no-index --find-links /wheels "otus[operator]" \
  && /opt/otus/bin/python -c "import otus, otus_operator.handlers, kopf, aiohttp"
 
 FROM ${PYTHON_IMAGE}

@@ -5,6 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CACHE ?= $(CURDIR)/.cache
+IMAGE ?= ghcr.io/firestige/otus
+HELM ?= $(CACHE)/bin/helm
 export OTUS_CACHE := $(CACHE)
 
 APT_PACKAGES := tshark tcpdump sip-tester prometheus iproute2 libpcap0.8 tcpreplay etcd-server openssl
@@ -42,8 +44,8 @@ demo: venv
 	$(VENV)/bin/otus run -r examples/sipp-uac-uas.pcap --format text
 
 lint: venv
-	$(VENV)/bin/ruff check otus operator tests e2e bench tools
-	$(VENV)/bin/ruff format --check otus operator tests e2e bench tools
+	$(VENV)/bin/ruff check otus operator tests e2e bench tools charts
+	$(VENV)/bin/ruff format --check otus operator tests e2e bench tools charts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
@@ -60,6 +62,16 @@ e2e: system-deps venv
 	@start=$$(date +%s); \
 	bash e2e/infra/build.sh all && $(VENV)/bin/pytest e2e -v; rc=$$?; \
 	echo "e2e: done in $$(( $$(date +%s) - start ))s"; exit $$rc
+
+image:
+	docker build -t $(IMAGE):$$($(PY) -c 'import otus; print(otus.__version__)') .
+
+crds: venv
+	$(PY) -m otus.control.kubernetes.crd crds charts/otus/crds
+
+manifests: venv crds
+	bash e2e/infra/build.sh helm
+	$(PY) charts/manifests.py --helm $(HELM)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

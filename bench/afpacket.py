@@ -10,7 +10,8 @@ is pinned to CPU 0, the capturer to CPU 1 (the sender's softirq work also lands 
   zero kernel drops, and the CPU each spends per frame.
 - **full**: ``otus run -i`` (one worker: capture, decode, SIP parse, JSON record to /dev/null),
   stepping the rate up until the kernel drops; a smaller ring (4 MiB) so a backlog cannot hide
-  an overload for long. The last clean rate is the per-worker figure.
+  an overload for long. The last clean rate is the per-worker figure; CPU per frame gives the
+  rate one whole core would sustain.
 - **drain**: the capturer is stopped (SIGSTOP) while N frames pile up in a 256 MiB ring, then
   resumed; N / time-to-consume-all is its capture-only rate, independent of the sender.
 
@@ -42,7 +43,10 @@ NS_A = f"otus-bencha-{os.getpid()}"
 NS_B = f"otus-benchb-{os.getpid()}"
 IF_A, IF_B = "ba0", "bb0"
 LIVE_RING_MIB = 32  # the capturer's default ring (256 KiB x 128)
-FULL_RING_BLOCKS = 16  # 4 MiB: ~6,000 SIP frames, a fraction of a second at the rates reached
+# 4 MiB in 128 KiB blocks for the full pipeline: ~8,000 SIP frames, and at the rates it reaches
+# a block fills in about the block timeout, so the ring also holds ~0.6 s: a backlog cannot hide
+# an overload for long (256 KiB blocks would leave every 20 ms mostly empty).
+FULL_RING = "block_size: 131072, block_count: 32"
 DRAIN_RING_MIB = 256
 LADDER = (50_000, 100_000, 150_000, 200_000, 250_000, 300_000, 350_000, 400_000, 500_000, 600_000)
 FULL_LADDER = (5_000, 10_000, 15_000, 20_000, 25_000, 30_000, 40_000, 50_000, 75_000, 100_000,
@@ -353,7 +357,7 @@ def _full_ladder(pcap: Path, frames: int, seconds: float, tmp: Path, quick: bool
     task = tmp / "full.yaml"
     task.write_text(
         "id: bench-live\n"
-        f"capture: {{type: afpacket, interfaces: [{IF_B}], block_count: {FULL_RING_BLOCKS}}}\n"
+        f"capture: {{type: afpacket, interfaces: [{IF_B}], {FULL_RING}}}\n"
         "reporters: [{type: console, config: {format: json}}]\n"
     )
     runs: list[Run] = []

@@ -10,6 +10,7 @@ import sys
 import kopf
 
 from otus.core.errors import OtusError
+from otus.core.kube import KubeConfig
 from otus_operator.handlers import OperatorConfig, State, registry
 
 __all__ = ["main"]
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     try:
+        state.kube = KubeConfig.load(args.kubeconfig)  # fail here, in one line, not in kopf
         kopf.run(
             registry=registry,
             clusterwide=True,

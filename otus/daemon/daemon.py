@@ -267,6 +267,7 @@ class Daemon:
             tags=dict(self.config.agent.tags),
             version=__version__,
             started_at=self.started_at,
+            state_file=self.config.daemon.state_file,
         )
 
     def _plane_factories(self) -> list[tuple[str, Callable[[], ControlPlane]]]:

@@ -164,3 +164,17 @@ def test_install_manifest_is_the_rendered_chart(helm: Path) -> None:
     assert docs[0]["kind"] == "Namespace" and docs[1]["kind"] == "CustomResourceDefinition"
     for doc in docs:
         kubernetes_validate.validate(doc, SCHEMA_VERSION, strict=True)
+
+
+def test_agent_config_is_a_valid_daemon_config(helm: Path, tmp_path: Path) -> None:
+    from otus.daemon.config import load_config
+
+    extra = ["--set", "agent.config.limits.max_tasks=4,agent.metricsPort=9999"]
+    for args in ([], extra):
+        (cm,) = by_kind(template(helm, *args), "ConfigMap")
+        path = tmp_path / "config.yaml"
+        path.write_text(cm["data"]["config.yaml"])
+        config = load_config(path, env={})
+        assert config.kubernetes.enabled and config.metrics.enabled
+        assert config.daemon.state_file.startswith("/run/otus/")  # tmpfs: no stale restore
+    assert config.limits.max_tasks == 4 and config.metrics.listen == ":9999"

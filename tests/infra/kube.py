@@ -327,6 +327,7 @@ class FakeTaskManager:
         """Every task."""
         return list(self.tasks.values())
 
-    def subscribe(self, callback: Callable[[Any], None]) -> None:
-        """Call back on each state change."""
+    def subscribe(self, callback: Callable[[Any], None]) -> Callable[[], None]:
+        """Call back on each state change; returns the unsubscribe function."""
         self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback)

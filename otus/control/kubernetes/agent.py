@@ -159,7 +159,7 @@ class KubernetesAgent:
         """Watch and reconcile until cancelled."""
         client = self.client or KubeClient(KubeConfig.load(self.kubeconfig))
         self.client = client
-        self.manager.subscribe(self._on_task_change)
+        unsubscribe = self.manager.subscribe(self._on_task_change)
         reflector: Reflector[dict[str, Any]] = Reflector(
             client, self._path(), transform=self._reduce, on_change=self._on_change
         )
@@ -169,6 +169,8 @@ class KubernetesAgent:
                 tg.create_task(self._reconcile_loop(), name="capturetask-reconcile")
                 tg.create_task(self._report_loop(), name="capturetask-status")
         finally:
+            if callable(unsubscribe):  # a restarted run() must not be called back twice
+                unsubscribe()
             if self.goodbye:
                 await asyncio.shield(self._goodbye())
             await client.close()
@@ -421,14 +423,14 @@ class KubernetesAgent:
                 await asyncio.gather(*(self._write(e) for e in live))
 
 
-async def _wait(event: asyncio.Event, timeout: float) -> None:
-    """Wait for ``event`` at most ``timeout`` seconds.
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Wait for ``event`` at most ``seconds``.
 
     Not ``asyncio.wait_for``: on Python 3.11 it can swallow a cancellation that arrives as the
     event fires, and a loop built on it then never ends.
     """
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(seconds):
             await event.wait()
 
 

@@ -28,12 +28,13 @@ import argparse
 import copy
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 
 from otus.control.kubernetes.model import (
     GROUP,
+    INLINE_FORBIDDEN,
     KIND,
     PLURAL,
     REPORTER_ENTRIES,
@@ -211,6 +212,7 @@ def _merge_union(members: list[dict[str, Any]], disc: str, path: str) -> dict[st
                     "message": f"{disc} {val} takes none of: {', '.join(foreign)}",
                 }
             )
+        needs = list(dict.fromkeys(c for n in needs for c in n.split(" && ")))
         if needs:
             rules.append(
                 {
@@ -235,12 +237,11 @@ def _wire(model: Any, field: str) -> str:
 def _reporter_rules() -> list[dict[str, str]]:
     rules: list[dict[str, str]] = []
     for entry in REPORTER_ENTRIES:
-        kind = entry.model_fields["type"].default or entry.model_fields["type"].annotation
         config = entry.model_fields["config"].annotation
         fields = getattr(config, "model_fields", {})
         if not {"topic", "topic_prefix", "security_protocol"} <= set(fields):
             continue
-        name = str(getattr(kind, "__args__", [kind])[0])
+        name = _type_name(entry)
         topic, prefix = _wire(config, "topic"), _wire(config, "topic_prefix")
         proto, mech = _wire(config, "security_protocol"), _wire(config, "sasl_mechanism")
         user = _wire(config, "username")
@@ -274,6 +275,25 @@ def _reporter_rules() -> list[dict[str, str]]:
     return rules
 
 
+def _type_name(entry: Any) -> str:
+    (name,) = get_args(entry.model_fields["type"].annotation)
+    return str(name)
+
+
+def _strip_credentials(defs: dict[str, Any]) -> None:
+    """Credentials are never set in a CaptureTask (secretRef fills them): not in the schema."""
+    for entry in REPORTER_ENTRIES:
+        if "secret_ref" not in entry.model_fields:
+            continue
+        config = entry.model_fields["config"].annotation
+        schema = defs.get(getattr(config, "__name__", ""), {})
+        for field in INLINE_FORBIDDEN:
+            wire = _wire(config, field)
+            schema.get("properties", {}).pop(wire, None)
+            if wire in schema.get("required", []):
+                schema["required"].remove(wire)
+
+
 def _capture_rules() -> list[dict[str, str]]:
     return [
         {
@@ -287,7 +307,9 @@ def build_crd() -> tuple[dict[str, Any], list[str]]:
     """The CRD object, and the paths of strings that got :data:`FALLBACK_MAX_LENGTH`."""
     raw_spec = CaptureTaskSpec.model_json_schema(by_alias=True, mode="validation")
     raw_status = CaptureTaskStatus.model_json_schema(by_alias=True, mode="validation")
-    conv = _Converter({**raw_spec.pop("$defs", {}), **raw_status.pop("$defs", {})})
+    defs = {**raw_spec.pop("$defs", {}), **raw_status.pop("$defs", {})}
+    _strip_credentials(defs)
+    conv = _Converter(defs)
     spec = conv.convert(raw_spec, "spec")
     status = conv.convert(raw_status, "status")
     spec["description"] = "The capture task and the nodes it runs on."

@@ -48,6 +48,7 @@ from otus.plugins.capture.afpacket import AfpacketConfig
 __all__ = [
     "API_VERSION",
     "GROUP",
+    "INLINE_FORBIDDEN",
     "KIND",
     "PLURAL",
     "SECRET_FIELDS",
@@ -106,7 +107,7 @@ SECRET_FIELDS: dict[str, str] = {
     "key_key": "ssl_keyfile",
 }
 # Config fields a CaptureTask may not set inline: credentials come from a Secret.
-_INLINE_FORBIDDEN = ("password", "password_file", "ssl_cafile", "ssl_certfile", "ssl_keyfile")
+INLINE_FORBIDDEN = ("password", "password_file", "ssl_cafile", "ssl_certfile", "ssl_keyfile")
 
 
 class LabelSelectorRequirement(SpecModel):
@@ -210,7 +211,7 @@ def _secret_placeholders(data: Any) -> Any:
     ref = data.get("secretRef", data.get("secret_ref"))
     config = data.get("config")
     if isinstance(config, dict):
-        inline = [f for f in _INLINE_FORBIDDEN if f in config or _camel(f) in config]
+        inline = [f for f in INLINE_FORBIDDEN if f in config or _camel(f) in config]
         if inline:
             raise ValueError(
                 f"{', '.join(sorted(inline))}: credentials come from a Secret (secretRef), "

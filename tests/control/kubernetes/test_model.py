@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any
 
 import pytest
 
 from otus.control.kubernetes.model import (
+    REPORTER_ENTRIES,
     UNRESOLVED_DIR,
     LabelSelector,
-    _with_secret_ref,
     parse_capture_task,
     task_id_for,
 )
 from otus.core.errors import SpecError
-from otus.core.model import SpecModel
 from otus.pipeline.spec import TASK_ID_PATTERN
-from otus.plugins.reporter.kafka import KafkaConfig
 
 BASE: dict[str, Any] = {"capture": {"interfaces": ["eth0"]}, "reporters": [{"type": "console"}]}
 
@@ -71,17 +69,13 @@ def test_to_task_spec_uses_the_task_model() -> None:
     assert spec.capture.model_dump()["interfaces"] == ["eth0"]
 
 
-class _KafkaSpec(SpecModel):
-    type: Literal["kafka"]
-    config: KafkaConfig
-
-
-Entry = _with_secret_ref(_KafkaSpec)
+# The task model's kafka reporter, as a CaptureTask reporter entry (with secretRef).
+Entry = next(e for e in REPORTER_ENTRIES if "secret_ref" in e.model_fields)
 SASL = {
     "brokers": ["k:9093"],
     "topic": "sip",
-    "security_protocol": "SASL_SSL",
-    "sasl_mechanism": "PLAIN",
+    "securityProtocol": "SASL_SSL",
+    "saslMechanism": "PLAIN",
 }
 
 

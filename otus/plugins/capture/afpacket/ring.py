@@ -94,8 +94,12 @@ class Ring:
         add_frame = frames.append
         add_ts = stamps.append
         p = off + first
+        last_sec = -1
+        base_us = 0
         for _ in range(num):
             nxt, sec, nsec, snap, status, mac = unpack(mm, p)
+            if sec != last_sec:  # a block spans a second or two: one big-int multiply each
+                last_sec, base_us = sec, sec * 1_000_000
             a = p + mac
             if status & TP_STATUS_VLAN_VALID:
                 # The NIC or the stack moved the tag into metadata; put it back after the MACs
@@ -111,7 +115,7 @@ class Ring:
                 add_frame(mm[a : a + 12] + tag + mm[a + 12 : a + snap])
             else:
                 add_frame(mm[a : a + snap])
-            add_ts(sec * 1_000_000 + nsec // 1000)
+            add_ts(base_us + nsec // 1000)
             p += nxt
         self._release(off)
         return num
@@ -130,8 +134,12 @@ class Ring:
         cache = self._cooked
         get = cache.get
         p = off + first
+        last_sec = -1
+        base_us = 0
         for _ in range(num):
             nxt, sec, nsec, snap, status, mac = unpack(mm, p)
+            if sec != last_sec:  # a block spans a second or two: one big-int multiply each
+                last_sec, base_us = sec, sec * 1_000_000
             s = p + FRAME_SLL_OFFSET
             key = mm[s : s + FRAME_SLL_LEN]
             hdr = get(key)
@@ -155,7 +163,7 @@ class Ring:
                 add_frame(tag[:2] + hdr[2:] + tag[2:] + hdr[:2] + mm[a : a + snap])
             else:
                 add_frame(hdr + mm[a : a + snap])
-            add_ts(sec * 1_000_000 + nsec // 1000)
+            add_ts(base_us + nsec // 1000)
             p += nxt
         self._release(off)
         return num

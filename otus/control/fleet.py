@@ -1,0 +1,341 @@
+"""The formats of the Kafka command plane (commands, replies, heartbeats) and what both ends share.
+
+Three topics (names in :class:`~otus.control.base.KafkaSettings`):
+
+``otus-commands`` — one JSON object per command, produced by ``otus fleet`` (or anything else),
+keyed by the task id (by the command id when there is none) so one task's commands stay in order
+on any partition count; the command id also travels in the ``otus-command-id`` header::
+
+    {"id": "c-4f1e...",                      # required, 1-256 printable characters, unique
+     "command": "task.create",               # task.create|task.update|task.delete|task.list|
+                                             #   task.status|config.reload
+     "target": {"agents": ["edge-1"]}        # or {"tags": {"region": "eu"}} (every pair must
+                                             #   match), or both (both must match), or {}: all
+     "task": {...},                          # task.create/task.update: the task spec
+     "task_id": "calls",                     # task.delete/task.status (or "task": {"id": ...})
+     "expires_at": 1795315633.5,             # optional: Unix seconds after which nobody applies it
+     "sent_at": 1795315603.5, "sender": "alice@ops-1"}   # optional, informational
+
+``otus-replies`` — one reply per targeted agent, keyed by the command id::
+
+    {"request_id": "c-4f1e...", "agent_id": "edge-1", "command": "task.create", "ts": ...,
+     "ok": true, "result": {...}}            # the same result as the socket's JSON-RPC method
+    {"request_id": ..., "agent_id": ..., "command": ..., "ts": ..., "ok": false,
+     "error": {"code": -32002, "message": "task 'calls' already exists", "data": null}}
+
+  plus ``"duplicate": true`` when the command was taken before (a redelivery after a restart):
+  it is not applied again, and the reply repeats the recorded outcome (without the result).
+
+``otus-status`` — heartbeats, keyed by the agent id (a compacted topic keeps the last of each)::
+
+    {"type": "heartbeat", "agent_id": "edge-1", "state": "running" | "stopping", "ts": ...,
+     "seq": 12, "hostname": "edge-1", "pid": 4242, "version": "0.1.0", "tags": {...},
+     "started_at": ..., "uptime_s": 93.2, "heartbeat_interval_s": 10.0,
+     "tasks": [{"id": "calls", "state": "running", "reason": null, "started_at": ...,
+                "counters": {"packets": ..., "messages": ..., "records": ..., "dropped": ...,
+                             "kafka_sent": ..., "buffered": ...}}],
+     "commands": {"received": ..., "applied": ..., "failed": ..., "duplicates": ...,
+                  "skipped": ..., "malformed": ..., "expired": ...}}
+
+Error codes are JSON-RPC's (:mod:`otus.control.jsonrpc`) plus two of the plane's:
+
+- ``-32700`` not JSON; ``-32600`` not a command object, a bad ``id`` or ``target``, an unknown
+  member, or larger than ``max_command_bytes``; ``-32601`` unknown ``command``; ``-32602``
+  ``task``/``task_id`` missing or of the wrong type; then the method's own errors (``-32002``
+  task exists, ``-32005`` invalid spec, ...);
+- ``-32010`` COMMAND_EXPIRED: received after its ``expires_at``; not applied;
+- ``-32011`` COMMAND_INTERRUPTED: a redelivered command whose application was under way when the
+  agent stopped or crashed: it is not applied again, and may or may not have taken effect.
+
+A command whose ``target`` is valid and does not name this agent is skipped silently, even when
+the rest of it is malformed; one whose ``target`` is unreadable gets an error reply from every
+agent (none can tell whether it was meant). A command without a usable id is counted and skipped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from otus.control.base import KafkaSettings
+from otus.control.jsonrpc import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR
+from otus.core.errors import ControlError
+from otus.plugins.reporter.kafka_config import read_password, ssl_context
+
+__all__ = [
+    "COMMANDS",
+    "COMMAND_EXPIRED",
+    "COMMAND_INTERRUPTED",
+    "ID_HEADER",
+    "BrokerUnreachableError",
+    "Command",
+    "EnvelopeError",
+    "Target",
+    "client_kwargs",
+    "command_key",
+    "ensure_topics",
+    "error_reply",
+    "ok_reply",
+    "parse_command",
+    "parse_target",
+    "valid_id",
+]
+
+COMMAND_EXPIRED = -32010
+COMMAND_INTERRUPTED = -32011
+ID_HEADER = "otus-command-id"
+MAX_ID = 256
+MAX_TARGET_AGENTS = 10_000
+MAX_TARGET_TAGS = 32
+# command -> where its params come from
+COMMANDS: dict[str, str | None] = {
+    "task.create": "task",
+    "task.update": "task",
+    "task.delete": "task_id",
+    "task.status": "task_id",
+    "task.list": None,
+    "config.reload": None,
+}
+_MEMBERS = frozenset(
+    {"id", "command", "target", "task", "task_id", "expires_at", "sent_at", "sender"}
+)
+
+
+class BrokerUnreachableError(ControlError):
+    """No broker answered within the timeout."""
+
+
+class EnvelopeError(Exception):
+    """A malformed command: the error to reply with, to whom, and whether this agent is meant."""
+
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        command_id: str | None = None,
+        *,
+        target: Target | None = None,
+        command: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.command_id = command_id
+        self.target = target  # None: unreadable, every agent answers
+        self.command = command
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Which agents a command is for; ``None`` fields match every agent."""
+
+    agents: frozenset[str] | None = None
+    tags: Mapping[str, str] | None = None
+
+    def matches(self, agent_id: str, tags: Mapping[str, str]) -> bool:
+        """Whether an agent with this id and these tags is targeted."""
+        if self.agents is not None and agent_id not in self.agents:
+            return False
+        return self.tags is None or all(tags.get(k) == v for k, v in self.tags.items())
+
+    def to_json(self) -> dict[str, Any]:
+        """The envelope's ``target``."""
+        out: dict[str, Any] = {}
+        if self.agents is not None:
+            out["agents"] = sorted(self.agents)
+        if self.tags is not None:
+            out["tags"] = dict(self.tags)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A well-formed command."""
+
+    id: str
+    command: str
+    target: Target
+    params: Any
+    expires_at: float | None = None
+
+
+def valid_id(v: Any) -> bool:
+    """A command id: a string of 1-256 printable characters."""
+    return isinstance(v, str) and 0 < len(v) <= MAX_ID and v.isprintable()
+
+
+def _short_str(v: Any, limit: int) -> bool:
+    return isinstance(v, str) and 0 < len(v) <= limit
+
+
+def parse_target(t: Any) -> Target:
+    """The ``target`` member; raise ValueError with the reason."""
+    if not isinstance(t, dict):
+        raise ValueError('"target" must be an object ({} targets every agent)')
+    extra = set(t) - {"agents", "tags"}
+    if extra:
+        raise ValueError(f'"target" has unknown members {sorted(extra)[:5]}')
+    agents = tags = None
+    if "agents" in t:
+        a = t["agents"]
+        if not isinstance(a, list) or len(a) > MAX_TARGET_AGENTS:
+            raise ValueError(f'"target.agents" must be a list of at most {MAX_TARGET_AGENTS} ids')
+        if not all(_short_str(x, 253) for x in a):
+            raise ValueError('"target.agents" must hold agent ids (strings)')
+        agents = frozenset(a)
+    if "tags" in t:
+        g = t["tags"]
+        if not isinstance(g, dict) or len(g) > MAX_TARGET_TAGS:
+            raise ValueError(f'"target.tags" must be an object of at most {MAX_TARGET_TAGS} tags')
+        if not all(_short_str(k, 256) and isinstance(v, str) for k, v in g.items()):
+            raise ValueError('"target.tags" must map tag names to strings')
+        tags = dict(g)
+    return Target(agents, tags)
+
+
+def parse_command(value: bytes | None, *, max_bytes: int, header_id: str | None = None) -> Command:
+    """Validate one message of the command topic; raise EnvelopeError when it is malformed."""
+    reply_id = header_id if valid_id(header_id) else None
+    if value is None:
+        raise EnvelopeError(INVALID_REQUEST, "invalid command: empty message", reply_id)
+    if len(value) > max_bytes:
+        raise EnvelopeError(
+            INVALID_REQUEST,
+            f"invalid command: {len(value)} bytes, over the {max_bytes}-byte limit",
+            reply_id,
+        )
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as e:
+        raise EnvelopeError(PARSE_ERROR, f"parse error: {e}", reply_id) from None
+    if not isinstance(obj, dict):
+        raise EnvelopeError(INVALID_REQUEST, "invalid command: not an object", reply_id)
+    cid = obj.get("id")
+    if not valid_id(cid):
+        raise EnvelopeError(
+            INVALID_REQUEST, 'invalid command: "id" must be 1-256 printable characters', reply_id
+        )
+    name = obj.get("command")
+    name = name if isinstance(name, str) else ""
+    try:
+        target = parse_target(obj.get("target"))
+    except ValueError as e:
+        raise EnvelopeError(INVALID_REQUEST, f"invalid command: {e}", cid, command=name) from None
+
+    def bad(code: int, message: str) -> EnvelopeError:
+        return EnvelopeError(code, message, cid, target=target, command=name)
+
+    extra = set(obj) - _MEMBERS
+    if extra:
+        raise bad(INVALID_REQUEST, f"invalid command: unknown members {sorted(extra)[:5]}")
+    if name not in COMMANDS:
+        raise bad(METHOD_NOT_FOUND, f"unknown command {str(obj.get('command'))[:100]!r}")
+    expires = obj.get("expires_at")
+    if expires is not None and (not isinstance(expires, int | float) or isinstance(expires, bool)):
+        raise bad(INVALID_REQUEST, 'invalid command: "expires_at" must be Unix seconds')
+    source = COMMANDS[name]
+    params: Any = None
+    task = obj.get("task")
+    if source == "task":
+        if not isinstance(task, dict):
+            raise bad(INVALID_PARAMS, f'{name} needs "task": the task spec (an object)')
+        params = task
+    elif source == "task_id":
+        task_id = obj.get("task_id")
+        if task_id is None and isinstance(task, dict):
+            task_id = task.get("id")
+        if not _short_str(task_id, 253):
+            raise bad(INVALID_PARAMS, f'{name} needs "task_id": the task id (a string)')
+        params = {"id": task_id}
+    return Command(cid, name, target, params, None if expires is None else float(expires))
+
+
+def command_key(envelope: Mapping[str, Any]) -> bytes:
+    """The Kafka key of a command: its task's id (one task's commands stay ordered), else its id."""
+    task = envelope.get("task")
+    tid = envelope.get("task_id") or (task.get("id") if isinstance(task, dict) else None)
+    return str(tid or envelope["id"]).encode()
+
+
+def _reply(cid: str, agent_id: str, command: str, duplicate: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "request_id": cid,
+        "agent_id": agent_id,
+        "command": command,
+        "ts": round(time.time(), 6),
+    }
+    if duplicate:
+        out["duplicate"] = True
+    return out
+
+
+def ok_reply(
+    cid: str, agent_id: str, command: str, result: Any, *, duplicate: bool = False
+) -> dict[str, Any]:
+    """A successful reply."""
+    return {**_reply(cid, agent_id, command, duplicate), "ok": True, "result": result}
+
+
+def error_reply(
+    cid: str,
+    agent_id: str,
+    command: str,
+    code: int,
+    message: str,
+    data: Any = None,
+    *,
+    duplicate: bool = False,
+) -> dict[str, Any]:
+    """A failed reply."""
+    err = {"code": code, "message": message, "data": data}
+    return {**_reply(cid, agent_id, command, duplicate), "ok": False, "error": err}
+
+
+def client_kwargs(settings: KafkaSettings, client_id: str) -> dict[str, Any]:
+    """aiokafka client arguments: brokers, timeouts and security (raises ReporterError on files)."""
+    sec = settings.security()
+    return {
+        "bootstrap_servers": list(settings.brokers),
+        "client_id": client_id,
+        "request_timeout_ms": settings.request_timeout_ms,
+        "security_protocol": sec.security_protocol,
+        "ssl_context": ssl_context(sec),
+        "sasl_mechanism": sec.sasl_mechanism or "PLAIN",
+        "sasl_plain_username": sec.username,
+        "sasl_plain_password": read_password(sec),
+    }
+
+
+async def ensure_topics(settings: KafkaSettings, kwargs: Mapping[str, Any]) -> list[str]:
+    """Create the three topics where missing (1 partition; status compacted); return problems."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: PLC0415
+
+    admin_kw = {k: v for k, v in kwargs.items() if k != "request_timeout_ms"}
+    admin = AIOKafkaAdminClient(**admin_kw, request_timeout_ms=settings.request_timeout_ms)
+    await admin.start()
+    try:
+        rf = settings.replication_factor
+        if not rf:
+            rf = max(1, min(3, len((await admin.describe_cluster())["brokers"])))
+        topics = [
+            NewTopic(settings.command_topic, 1, rf),
+            NewTopic(settings.reply_topic, 1, rf, topic_configs={"retention.ms": "86400000"}),
+            NewTopic(
+                settings.status_topic,
+                1,
+                rf,
+                topic_configs={"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+            ),
+        ]
+        resp = await admin.create_topics(topics)
+    finally:
+        await admin.close()
+    problems = []
+    for name, code, message in (tuple(e)[:3] for e in resp.topic_errors):
+        if code not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS
+            problems.append(f"{name}: error {code}: {message}")
+    return problems
