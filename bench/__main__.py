@@ -8,7 +8,8 @@ import platform
 import sys
 
 # "live" needs root (network namespaces, AF_PACKET), tcpreplay and tcpdump.
-CASES = {"offline": "bench.offline", "live": "bench.afpacket"}
+# "kafka" starts the test suite's broker (Java; Maven or the cached jars).
+CASES = {"offline": "bench.offline", "live": "bench.afpacket", "kafka": "bench.kafka_reporter"}
 
 
 def main(argv: list[str]) -> int:

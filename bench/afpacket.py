@@ -51,9 +51,9 @@ DRAIN_RING_MIB = 256
 LADDER = (50_000, 100_000, 150_000, 200_000, 250_000, 300_000, 350_000, 400_000, 500_000, 600_000)
 FULL_LADDER = (5_000, 10_000, 15_000, 20_000, 25_000, 30_000, 40_000, 50_000, 75_000, 100_000,
                150_000)  # fmt: skip
-# Real sipp captures weighted like bench/corpus.py; their SIP frames and fragments (no ARP or
-# neighbour discovery) all pass the default filter. No QinQ: tcpdump's kernel-side "vlan" tests
-# the metadata tag, so its default filter would miss those frames and the counts would differ.
+# Real sipp captures (tests/data), weighted towards plain IPv4; their SIP frames and fragments
+# (not ARP or neighbour discovery) all pass the default filter. No QinQ: tcpdump's kernel-side
+# "vlan" tests the metadata tag, so its default filter would miss those frames.
 CORPUS = {
     "sip-udp4.pcap": 6,
     "sip-udp6.pcap": 2,
@@ -124,11 +124,14 @@ def _teardown() -> None:
 
 def _write_pcap(path: Path) -> int:
     """The replayed file: CORPUS frames (Ethernet) in a plain pcap; returns the frame count."""
-    from bench.corpus import load
     from otus.core.packet import LINKTYPE_ETHERNET
+    from otus.plugins.capture.pcapfile import read_batches
 
-    frames = [f for b in load(CORPUS) if b.linktype == LINKTYPE_ETHERNET for f in b.frames]
-    frames = [f for f in frames if _sip_or_fragment(f)]
+    frames = []
+    for name, weight in CORPUS.items():
+        batches = list(read_batches(str(REPO / "tests" / "data" / name)))
+        assert all(b.linktype == LINKTYPE_ETHERNET for b in batches), name
+        frames += [f for b in batches for f in b.frames if _sip_or_fragment(f)] * weight
     with path.open("wb") as out:
         out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, LINKTYPE_ETHERNET))
         for i, f in enumerate(frames):

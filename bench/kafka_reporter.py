@@ -85,8 +85,11 @@ def main(
     compression: str = "none",
     batch_size: int = 262_144,
     calls: int = 20_000,
+    pipeline_frames: int = 200_000,
 ) -> list[tuple[str, float, str]]:
-    """Rows for ``python -m bench``: the serialization floor, then the reporter end to end."""
+    """Rows for ``python -m bench``: the serialization floor, the reporter end to end, then the
+    whole pipeline into Kafka (``bench.kafka_pipeline``)."""
+    from bench import kafka_pipeline
     from tests.infra.kafka import KafkaBroker
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # topic auto-creation chatter
@@ -100,6 +103,7 @@ def main(
         wall, user, system, stats = asyncio.run(
             through_kafka(broker.bootstrap, pool, rounds, **settings)
         )
+        pipeline = kafka_pipeline.run(broker.bootstrap, pipeline_frames, **settings)
     assert stats["report.kafka.sent"] == n + BATCH, stats
     what = f"kafka reporter ({compression}, batch {batch_size // 1024} KiB)"
     return [
@@ -107,6 +111,7 @@ def main(
         (f"{what}, end to end", n / wall, "records/s"),
         (f"{what}, reporting process", n / (user + system), "records/CPU-s"),
         (f"{what}, of which system time (loopback TCP)", 100 * system / (user + system), "%"),
+        *kafka_pipeline.rows(*pipeline),
     ]
 
 
@@ -116,6 +121,8 @@ if __name__ == "__main__":
     ap.add_argument("--compression", default="none")
     ap.add_argument("--batch-size", type=int, default=262_144)
     ap.add_argument("--calls", type=int, default=20_000, help="distinct Call-IDs")
+    ap.add_argument("--pipeline-frames", type=int, default=200_000, help="corpus frames")
     a = ap.parse_args()
-    for label, rate, unit in main(a.records, a.compression, a.batch_size, a.calls):
+    args = (a.records, a.compression, a.batch_size, a.calls, a.pipeline_frames)
+    for label, rate, unit in main(*args):
         print(f"{label:<60} {rate:>12,.0f} {unit}")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from bench.corpus import TCP_FILES, UDP_FILES, load, shift
+from bench.corpus import TCP_FILES, UDP_FILES, Unit, load, make_round
+from bench.corpus import frames as corpus_frames
 from otus.core.packet import DecodedPacket, OutputPacket, RawBatch
 from otus.core.record import dumps, to_record
 from otus.decoder import Decoder
@@ -16,18 +17,13 @@ MIN_FRAMES = 300_000
 ROUNDS = 3
 
 
-def _rounds(corpus: list[RawBatch]) -> list[list[RawBatch]]:
-    n = sum(len(b) for b in corpus)
-    reps = max(1, MIN_FRAMES // n)
-    return [shift(corpus, 100_000_000 * (i + 1)) for i in range(reps)]
-
-
-def _best(run: Callable[[list[RawBatch]], int], corpus: list[RawBatch]) -> tuple[float, int]:
-    """Best of ROUNDS (frames per second, messages out)."""
+def _best(run: Callable[[list[RawBatch]], int], corpus: list[Unit]) -> tuple[float, int]:
+    """Best of ROUNDS (frames per second, messages out); each pass sees fresh calls."""
+    reps = max(1, MIN_FRAMES // corpus_frames(corpus))
     best = 0.0
     out = 0
-    for _ in range(ROUNDS):
-        work = _rounds(corpus)
+    for k in range(ROUNDS):
+        work = [make_round(corpus, k * reps + i + 1) for i in range(reps)]
         frames = sum(len(b) for r in work for b in r)
         t0 = time.perf_counter()
         out = 0

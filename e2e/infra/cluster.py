@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import signal
@@ -100,7 +101,8 @@ class Cluster:
     ) -> None:
         # 127.0.0.1 is not reachable from inside another network namespace: a process started in
         # one needs bind_address (e.g. "0.0.0.0") plus the address it dials in extra_ips and as
-        # the `server` of its kubeconfig.
+        # the `server` of its kubeconfig. A specific IPv4 bind_address (an address of ours that
+        # the namespaces route to) is served alone: `server` and every kubeconfig then use it.
         self.bind_address = bind_address
         self.extra_ips = extra_ips
         self.ready_timeout = ready_timeout
@@ -111,6 +113,11 @@ class Cluster:
         self.kubectl_bin = Path()
         self.etcd_url = ""
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def host(self) -> str:
+        """The address clients dial: the bind address, or 127.0.0.1 for a wildcard one."""
+        return "127.0.0.1" if self.bind_address in ("0.0.0.0", "::", "") else self.bind_address
 
     def __enter__(self) -> Cluster:
         self.start()
@@ -207,9 +214,10 @@ class Cluster:
             "-addext", "basicConstraints=critical,CA:TRUE",
             "-addext", "keyUsage=critical,keyCertSign,cRLSign",
         )  # fmt: skip
+        ips = dict.fromkeys(("127.0.0.1", "10.0.0.1", self.host, *self.extra_ips))
         sans = ",".join(
             [
-                *(f"IP:{ip}" for ip in ("127.0.0.1", "10.0.0.1", *self.extra_ips)),
+                *(f"IP:{ip}" for ip in ips),
                 "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc",
                 "DNS:kubernetes.default.svc.cluster.local",
             ]
@@ -277,14 +285,14 @@ class Cluster:
         assert d is not None
         port = _free_port()
         self.port = port
-        self.server = f"https://127.0.0.1:{port}"
+        self.server = f"https://{self.host}:{port}"
         proc = self._spawn(
             "kube-apiserver",
             [
                 str(apiserver),
                 f"--etcd-servers={self.etcd_url}",
                 f"--bind-address={self.bind_address}",
-                "--advertise-address=127.0.0.1",
+                f"--advertise-address={self.host}",
                 f"--secure-port={port}",
                 f"--cert-dir={d}",
                 f"--tls-cert-file={d / 'serving.crt'}",
@@ -421,7 +429,9 @@ class Cluster:
         if len(objs) == 1 and isinstance(objs[0], Path):
             return self.kubectl("apply", "-f", str(objs[0]), *extra)
         docs = [yaml.safe_load_all(o) if isinstance(o, str) else [o] for o in objs]
-        text = yaml.safe_dump_all([d for group in docs for d in group if d], sort_keys=False)
+        # JSON documents (YAML is a superset): kubectl's YAML 1.1 would read an unquoted label
+        # value such as y or no, which PyYAML leaves bare, as a boolean.
+        text = "\n---\n".join(json.dumps(d) for group in docs for d in group if d)
         return self.kubectl("apply", "-f", "-", *extra, input=text)
 
     def create_node(self, name: str, labels: dict[str, str] | None = None) -> None:

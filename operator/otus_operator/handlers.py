@@ -194,7 +194,11 @@ def _node_labels(nodes: Any) -> dict[str, dict[str, str]]:
     return out
 
 
-@kopf.daemon(*CT, id="reconcile", registry=registry, cancellation_timeout=5.0)
+# The backoff lets the loop see `stopped` and return: cancelled at once, kopf logs a warning on
+# every deletion ("is cancelled. Will escalate.").
+@kopf.daemon(
+    *CT, id="reconcile", registry=registry, cancellation_backoff=1.0, cancellation_timeout=5.0
+)
 async def reconcile(
     body: kopf.Body,
     namespace: str | None,

@@ -10,6 +10,7 @@ from otus import __version__
 from otus.cli import completion as completion_cmd
 from otus.cli import ctl as ctl_cmd
 from otus.cli import daemon as daemon_cmd
+from otus.cli import fleet as fleet_cmd
 from otus.cli import run as run_cmd
 from otus.cli import task as task_cmd
 from otus.cli.client import EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_USAGE
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Control commands find the daemon's socket from --socket, $OTUS_SOCKET, the "
         "config's daemon.socket_path (--config, $OTUS_CONFIG, /etc/otus/otus.yaml), else "
         "/run/otus/otus.sock. Exit codes: 0 ok, 1 failed, 2 usage or invalid input, "
-        "3 daemon not running.",
+        "3 daemon not running (`otus fleet`: no Kafka broker reachable).",
     )
     p.add_argument("--version", action="version", version=f"otus {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     daemon_cmd.register(sub)
     task_cmd.register(sub)
     ctl_cmd.register(sub)
+    fleet_cmd.register(sub)
     completion_cmd.register(sub)
     return p
 

@@ -42,7 +42,9 @@ if TYPE_CHECKING:
 __all__ = ["ControlPlane", "KafkaSettings", "KubernetesSettings", "PlaneContext"]
 
 _Str = Annotated[str, Field(max_length=1024)]
-_Topic = Annotated[str, StringConstraints(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")]
+_Topic = Annotated[
+    str, StringConstraints(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
+]
 _SECURITY = {
     "security_protocol",
     "sasl_mechanism",

@@ -57,7 +57,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -163,7 +163,7 @@ class Command:
     expires_at: float | None = None
 
 
-def valid_id(v: Any) -> bool:
+def valid_id(v: Any) -> TypeGuard[str]:
     """A command id: a string of 1-256 printable characters."""
     return isinstance(v, str) and 0 < len(v) <= MAX_ID and v.isprintable()
 

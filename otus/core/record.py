@@ -9,21 +9,39 @@ import orjson
 
 from otus.core.packet import IPPROTO_TCP, Encap, OutputPacket
 
-__all__ = ["dumps", "encap_dict", "format_ts", "to_record"]
+__all__ = ["dumps", "encap_dict", "format_ts", "record_bytes", "to_record"]
 
 _TRANSPORT = {IPPROTO_TCP: "tcp", 17: "udp"}
 _sec_cache: dict[int, str] = {}
+# Millisecond -> "YYYY-MM-DDTHH:MM:SS.mmm": a busy link puts many messages in each millisecond,
+# and the rest of a timestamp is then one table lookup and one concatenation.
+_ms_cache: dict[int, str] = {}
+_MS_CACHE_MAX = 1 << 16
+_MS = tuple(f".{i:03d}" for i in range(1000))
+_US = tuple(f"{i:03d}Z" for i in range(1000))
+_dumps = orjson.dumps
 
 
-def format_ts(ts_us: int) -> str:
-    """RFC 3339 UTC with microseconds, e.g. ``2026-11-22T10:00:00.123456Z``."""
-    sec, us = divmod(ts_us, 1_000_000)
+def _ms_prefix(ms: int) -> str:
+    sec, frac = divmod(ms, 1000)
     prefix = _sec_cache.get(sec)
     if prefix is None:
         if len(_sec_cache) > 4096:  # bounded: a capture spans few distinct seconds per batch
             _sec_cache.clear()
         prefix = _sec_cache[sec] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-    return f"{prefix}.{us:06d}Z"
+    if len(_ms_cache) >= _MS_CACHE_MAX:
+        _ms_cache.clear()
+    out = _ms_cache[ms] = prefix + _MS[frac]
+    return out
+
+
+def format_ts(ts_us: int) -> str:
+    """RFC 3339 UTC with microseconds, e.g. ``2026-11-22T10:00:00.123456Z``."""
+    ms, us = divmod(ts_us, 1000)
+    prefix = _ms_cache.get(ms)
+    if prefix is None:
+        prefix = _ms_prefix(ms)
+    return prefix + _US[us]
 
 
 def encap_dict(encap: Encap | None) -> dict[str, Any]:
@@ -48,22 +66,58 @@ def encap_dict(encap: Encap | None) -> dict[str, Any]:
 
 def to_record(out: OutputPacket, task_id: str = "", agent_id: str = "") -> dict[str, Any]:
     """Build the record for one output packet."""
+    ms, us = divmod(out.ts_us, 1000)
+    prefix = _ms_cache.get(ms)
+    if prefix is None:
+        prefix = _ms_prefix(ms)
+    encap = out.encap
+    ptype = out.payload_type
     return {
-        "ts": format_ts(out.ts_us),
+        "ts": prefix + _US[us],
         "task_id": task_id,
         "agent_id": agent_id,
         "src_ip": out.src_ip,
         "dst_ip": out.dst_ip,
         "src_port": out.src_port,
         "dst_port": out.dst_port,
-        "transport": _TRANSPORT.get(out.transport, str(out.transport)),
-        "payload_type": out.payload_type,
+        "transport": _TRANSPORT.get(out.transport) or str(out.transport),
+        "payload_type": ptype,
         "labels": out.labels,
-        "encap": encap_dict(out.encap),
-        out.payload_type: out.payload,
+        "encap": {} if encap is None else encap_dict(encap),
+        ptype: out.payload,
     }
 
 
 def dumps(record: dict[str, Any]) -> bytes:
     """Serialize a record as compact JSON (UTF-8, no trailing newline)."""
-    return orjson.dumps(record)
+    return _dumps(record)
+
+
+def record_bytes(out: OutputPacket, task_id: str = "", agent_id: str = "") -> bytes:
+    """``dumps(to_record(out, task_id, agent_id))`` in one call: the reporters' hot path.
+
+    The same dict, built inline (a Python call costs as much as a third of building it); the
+    tests hold the two to the same bytes.
+    """
+    ms, us = divmod(out.ts_us, 1000)
+    prefix = _ms_cache.get(ms)
+    if prefix is None:
+        prefix = _ms_prefix(ms)
+    encap = out.encap
+    ptype = out.payload_type
+    return _dumps(
+        {
+            "ts": prefix + _US[us],
+            "task_id": task_id,
+            "agent_id": agent_id,
+            "src_ip": out.src_ip,
+            "dst_ip": out.dst_ip,
+            "src_port": out.src_port,
+            "dst_port": out.dst_port,
+            "transport": _TRANSPORT.get(out.transport) or str(out.transport),
+            "payload_type": ptype,
+            "labels": out.labels,
+            "encap": {} if encap is None else encap_dict(encap),
+            ptype: out.payload,
+        }
+    )

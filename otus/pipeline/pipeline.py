@@ -89,6 +89,7 @@ class Pipeline:
                         await self._batch(raw)
                         if self._stopping:
                             break
+                    await self._drain()
                 finally:
                     keeper.cancel()
         finally:
@@ -167,6 +168,26 @@ class Pipeline:
                 except Exception:
                     self._reporter_errors += len(outs)
             lat["report"].observe(clock() - t3)
+
+    async def _drain(self) -> None:
+        """End of capture: parsers with a ``drain(out)`` (TCP streams) report what they hold."""
+        outs: list[OutputPacket] = []
+        for p in self.parsers:
+            drain = getattr(p, "drain", None)
+            if drain is not None:
+                try:
+                    drain(outs)
+                except Exception:
+                    self._parse_errors += 1
+        for proc in self.processors:
+            outs = proc.process(outs)
+        if outs:
+            self._records += len(outs)
+            for r in self.reporters:
+                try:
+                    await r.report(outs)
+                except Exception:
+                    self._reporter_errors += len(outs)
 
     async def _housekeeping(self) -> None:
         """Expire reassembly state on idle links, enforce the duration, publish stats."""

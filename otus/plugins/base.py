@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from otus.core.packet import DecodedPacket, OutputPacket, RawBatch
 
@@ -24,6 +24,9 @@ class PluginContext:
     agent_id: str = ""
     worker: int = 0
     workers: int = 1
+    # A lock shared by the task's worker processes (multiprocessing.Lock), for reporters that
+    # write to one stream: a pipe only writes PIPE_BUF bytes atomically, records are larger.
+    output_lock: Any = None
 
 
 @runtime_checkable
@@ -52,7 +55,12 @@ class Capturer(Protocol):
 
 
 class Parser(Protocol):
-    """Turns decoded packets of one application protocol into output packets."""
+    """Turns decoded packets of one application protocol into output packets.
+
+    Optional, for parsers that keep state (TCP streams): ``expire(now_us)``, called by the
+    pipeline's housekeeping with packet time, and ``drain(out)``, called once when the capture
+    ends to append what the held state still yields.
+    """
 
     def can_handle(self, pkt: DecodedPacket) -> bool:
         """Cheap test (ports, first bytes) whether ``handle`` should see this packet."""

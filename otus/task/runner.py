@@ -122,9 +122,10 @@ class TaskRunner:
         loop = asyncio.get_running_loop()
         level = _shared_level()
         n = len(self.workers)
+        lock = _SPAWN.Lock() if n > 1 else None
         for w in self.workers:
             parent, child = _SPAWN.Pipe(duplex=False)
-            pctx = PluginContext(self.spec.id, self.agent_id, w.index, n)
+            pctx = PluginContext(self.spec.id, self.agent_id, w.index, n, lock)
             proc = _SPAWN.Process(
                 target=worker_main,
                 args=(data, pctx, child, level),

@@ -106,7 +106,10 @@ def free_port() -> int:
 
 def _kafka_uuid() -> str:
     """A cluster id the way Kafka prints one: 16 random bytes, base64url without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):  # as Kafka's Uuid.randomUuid: "-t -x..." reads as an option
+            return text
 
 
 SASL_USER = "otus"

@@ -7,7 +7,8 @@ Pods that have finished (``Succeeded``/``Failed``) are left out too: their IP ma
 another pod's.
 
 Design: processors run in the task's worker processes with a synchronous ``process()``, inside
-the worker's event loop. The first ``process()`` call starts a background task on that loop
+the worker's event loop. Construction (in the worker, whose loop runs while it builds the
+pipeline; else the first ``process()`` call) starts a background task on that loop
 (``asyncio.get_running_loop().create_task``) that lists and watches pods
 (:class:`otus.core.kube.Reflector`: bookmarks, re-list on 410, backoff) and keeps a plain
 ``dict`` from IP to ``(namespace, name)``; ``process()`` only does two dict lookups a message
@@ -119,6 +120,11 @@ class K8sEnricher:
         self._labelled = 0
         self._unmatched = 0
         self._watch_failed = 0
+        # Workers build their pipeline inside the running loop: start the watch now, so the
+        # index is filled before the first message instead of missing the first batches.
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop()
+            self._start()
 
     def process(self, batch: list[OutputPacket]) -> list[OutputPacket]:
         """Add the pod labels in place."""

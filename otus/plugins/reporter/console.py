@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import orjson
 from pydantic import Field
@@ -59,28 +60,40 @@ def format_text(out: OutputPacket) -> str:
     return line
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte, resuming after partial writes."""
+    # Not io.BufferedWriter: on CPython 3.11 a signal that interrupts a large blocking write to
+    # a pipe (SIGTERM while the reader is slow) can lose the unwritten rest of the data.
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class ConsoleReporter:
-    """Writes each record as it comes; a full pipe blocks (that is the backpressure)."""
+    """Writes each batch as it comes; a full pipe blocks (that is the backpressure)."""
 
     Config = ConsoleConfig
 
     def __init__(self, config: ConsoleConfig, ctx: PluginContext) -> None:
         self._text = config.format == "text"
         self._task, self._agent = ctx.task_id, ctx.agent_id
-        self._own: IO[bytes] | None = None
+        self._lock = ctx.output_lock  # shared by fanout workers writing the same stream
+        self._own: int | None = None
         if config.path:
             try:
-                self._own = open(config.path, "ab")  # noqa: SIM115 - closed in close()
+                self._own = os.open(config.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             except OSError as e:
                 raise ReporterError(f"cannot open {config.path!r}: {e.strerror}") from None
-            self._out: IO[bytes] = self._own
+            self._fd = self._own
         else:
-            self._out = (sys.stdout if config.stream == "stdout" else sys.stderr).buffer
+            stream = sys.stdout if config.stream == "stdout" else sys.stderr
+            stream.flush()  # whatever Python buffered goes first
+            self._fd = stream.fileno()
         self._written = 0
         self._failed = 0
 
     async def report(self, batch: list[OutputPacket]) -> None:
-        """Write the batch in one system call."""
+        """Write the batch whole: one write(2) unless the reader is slower than us."""
         if not batch:
             return
         if self._text:
@@ -90,26 +103,27 @@ class ConsoleReporter:
             dumps, opt = orjson.dumps, orjson.OPT_APPEND_NEWLINE
             data = b"".join([dumps(to_record(o, task, agent), option=opt) for o in batch])
         try:
-            self._out.write(data)
+            if self._lock is None:
+                _write_all(self._fd, data)
+            else:
+                with self._lock:  # whole batches: a pipe is atomic only up to PIPE_BUF bytes
+                    _write_all(self._fd, data)
             self._written += len(batch)
-        except (BrokenPipeError, OSError):
+        except OSError:
             # The reader went away (`otus run ... | head`): count, don't crash.
             self._failed += len(batch)
 
     async def flush(self) -> None:
-        """Flush the stream."""
-        try:
-            self._out.flush()
-            if self._own is not None:
-                os.fsync(self._own.fileno())
-        except (BrokenPipeError, OSError):
-            pass
+        """Records are written unbuffered; make a file's data durable."""
+        if self._own is not None:
+            with contextlib.suppress(OSError):
+                os.fsync(self._own)
 
     async def close(self) -> None:
         """Flush and close an owned file."""
         await self.flush()
         if self._own is not None:
-            self._own.close()
+            os.close(self._own)
             self._own = None
 
     def stats(self) -> dict[str, int]:

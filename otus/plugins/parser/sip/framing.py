@@ -63,7 +63,6 @@ _CRLFS: Final = re.compile(rb"[\r\n]+")
 _HDR_END: Final = re.compile(rb"\r?\n\r?\n")
 _CONTENT_LENGTH: Final = re.compile(rb"\n(?:content-length|l)[ \t]*:([^\n]*)", re.I)
 _START_LINE_MAX: Final = 2048  # as looks_like_sip: a longer first line is not a start line
-_EMPTY: Final = b""
 
 
 class Half:
@@ -92,7 +91,7 @@ class Half:
     def __init__(self) -> None:
         self.nxt = -1  # sequence number of the next in-order byte; -1 before any segment
         self.isn = -1  # initial sequence number when the SYN was seen
-        self.buf: Buf = _EMPTY  # in-order bytes not yet framed (a bytearray once it grows)
+        self.buf: bytearray | None = None  # in-order bytes not yet framed
         self.need = -1  # end of the message in progress within buf, once its header is read
         self.scan = 0  # where to resume looking for the end of the header block
         self.skip = 0  # bytes still to skip (the rest of a message too large to keep)
@@ -110,109 +109,134 @@ class Half:
 
     def size(self) -> int:
         """Bytes held: the unframed in-order bytes, out-of-order segments, WebSocket fragments."""
+        buf = self.buf
         frag = self.frag
-        return len(self.buf) + self.held_bytes + (len(frag) if frag is not None else 0)
+        n = self.held_bytes if buf is None else self.held_bytes + len(buf)
+        return n if frag is None else n + len(frag)
 
 
 class Framer:
     """Cuts the in-order bytes of :class:`Half` objects into messages, counting every byte."""
 
-    __slots__ = ("_c", "_emit", "max")
+    __slots__ = ("_c", "_emit", "buffered", "max")
 
     def __init__(self, counters: dict[str, int], emit: Emit, max_message: int) -> None:
         self._c = counters
         self._emit = emit
         self.max = max_message
+        self.buffered = 0  # bytes in every Half's buf and frag: part of tcp.buffered_bytes
         for k in COUNTERS:
             counters.setdefault(k, 0)
 
     def feed(self, h: Half, data: bytes, pkt: DecodedPacket, out: list[OutputPacket]) -> None:
         """Append ``data`` (the next in-order bytes of ``h``); emit what it completes."""
-        c = self._c
+        # Hot path: a segment that starts at a message boundary and holds whole messages is
+        # framed in place, never copied into a buffer.
         if h.skip:
-            k = h.skip if h.skip < len(data) else len(data)
-            h.skip -= k
-            c[DROPPED] += k
-            if k == len(data):
+            data = self._skip(h, data)
+            if not data:
                 return
-            data = data[k:]
         buf = h.buf
-        b: Buf
-        if buf:
-            buf += data  # type: ignore[operator] # a non-empty buf is always a bytearray
-            b = buf
+        if buf is None:
+            if h.ws:
+                pos = self._ws(h, data, 0, pkt, out)
+            elif data[0] in (13, 10) and h.synced and h.need < 0:
+                if not data.strip(b"\r\n"):  # a keep-alive segment
+                    self._c[KEEPALIVE] += len(data)
+                    self._c["parse.drop.keepalive"] += 1
+                    return
+                pos = self._sip(h, data, pkt, out)
+            else:
+                pos = self._sip(h, data, pkt, out)
+            if pos < len(data):
+                h.buf = bytearray(data[pos:]) if pos else bytearray(data)
+                self.buffered += len(data) - pos
         else:
-            if data[0] in (13, 10) and h.synced and h.need < 0 and not data.strip(b"\r\n"):
-                c[KEEPALIVE] += len(data)  # a keep-alive segment (the common case, fast)
-                c["parse.drop.keepalive"] += 1
-                return
-            b = data
-        pos = self._ws(h, b, 0, pkt, out) if h.ws else self._sip(h, b, pkt, out)
-        n = len(b)
-        if pos >= n:
-            h.buf = _EMPTY
-        elif b is data:
-            h.buf = bytearray(data[pos:]) if pos else bytearray(data)
-        else:
-            del buf[:pos]  # type: ignore[union-attr]
+            old = len(buf)
+            buf += data
+            pos = self._ws(h, buf, 0, pkt, out) if h.ws else self._sip(h, buf, pkt, out)
+            if pos:
+                del buf[:pos]
+            self.buffered += len(buf) - old
+            if not buf:
+                h.buf = None
         if pos:
             if h.need >= 0:
                 h.need -= pos
-            h.scan = h.scan - pos if h.scan > pos else 0
+            if h.scan:
+                h.scan = h.scan - pos if h.scan > pos else 0
+
+    def _skip(self, h: Half, data: bytes) -> bytes:
+        """Consume what is left of a message being skipped; return the bytes after it."""
+        k = h.skip if h.skip < len(data) else len(data)
+        h.skip -= k
+        self._c[DROPPED] += k
+        return data[k:] if k < len(data) else b""
 
     def _sip(self, h: Half, b: Buf, pkt: DecodedPacket, out: list[OutputPacket]) -> int:
         """Frame SIP messages from ``b[0]``; return where the unframed rest starts."""
-        c = self._c
         n = len(b)
-        pos = 0
-        mx = self.max
         if h.fresh:
-            if b[0] in (71, 72):  # "G"ET or "H"TTP: maybe a WebSocket handshake
-                e = handshake(b, 0)
-                if e == 0:
-                    return 0
-                if e > 0:
-                    h.fresh = False
-                    h.ws = True
-                    h.synced = True
-                    c[WS_BYTES] += e
-                    c["tcp.websocket_handshakes"] += 1
-                    return self._ws(h, b, e, pkt, out)
-            h.fresh = False
+            pos = self._fresh(h, b, pkt, out)
+            if pos >= 0:
+                return pos
+        c = self._c
+        mx = self.max
+        pos = 0
+        framed = 0
         while pos < n:
             need = h.need
             if need < 0:
                 if not h.synced:
                     pos = self._resync(h, b, pos)
                     if not h.synced:
-                        return pos
-                if b[pos] in (13, 10):
+                        break
+                c0 = b[pos]
+                if c0 in (13, 10):
                     m = _CRLFS.match(b, pos)
                     q = m.end() if m is not None else pos
                     c[KEEPALIVE] += q - pos
                     pos = q
                     if pos >= n:
                         break
-                st = _start(b, pos, n)
-                if st <= 0:
-                    if st == 0:
-                        break  # the start line is not all there yet
-                    h.synced = False  # not SIP at a message boundary
-                    h.bol = True
-                    continue
-                he, bs = _header_end(b, h.scan if h.scan > pos else pos)
-                if he < 0:
-                    if n - pos > mx:  # a header block that does not end within the bound
-                        c["parse.drop.too_large"] += 1
-                        c[DROPPED] += n - pos
-                        h.synced = h.bol = False
-                        h.scan = 0
-                        return n
-                    h.scan = n - 3 if n - 3 > pos else pos
-                    break
+                    c0 = b[pos]
+                # The start line: "SIP/2.0 " or an upper-case method ending in " SIP/2.0".
+                if not (c0 == 83 and b.startswith(b"SIP/2.0 ", pos)):
+                    eol = b.find(b"\n", pos, pos + _START_LINE_MAX) if 65 <= c0 <= 90 else -2
+                    if eol == -1 and n - pos < _START_LINE_MAX:
+                        break  # not all there yet
+                    if eol < 0 or not b.endswith(
+                        b" SIP/2.0", pos, eol - 1 if b[eol - 1] == 13 else eol
+                    ):
+                        h.synced = False  # not SIP at a message boundary: resync
+                        h.bol = True
+                        continue
+                s0 = h.scan if h.scan > pos else pos
+                he = b.find(b"\r\n\r\n", s0)
+                if he >= 0 and b.find(b"\n\n", s0, he) < 0:
+                    bs = he + 4
+                else:  # bare LF line ends somewhere, or no end yet
+                    m = _HDR_END.search(b, s0)
+                    if m is None:
+                        if n - pos > mx:  # a header block that does not end within the bound
+                            c["parse.drop.too_large"] += 1
+                            c[DROPPED] += n - pos
+                            h.synced = h.bol = False
+                            h.scan = 0
+                            pos = n
+                            break
+                        h.scan = n - 3 if n - 3 > pos else pos
+                        break
+                    he, bs = m.span()
                 h.scan = 0
-                cl = _content_length(b, pos, he)
-                if cl < 0:
+                m = _CONTENT_LENGTH.search(b, pos, he)
+                cl = -1
+                if m is not None:
+                    try:
+                        cl = int(m[1])
+                    except ValueError:
+                        cl = -1
+                if cl < 0:  # none, or not a number: the message cannot be delimited
                     c["parse.drop.tcp_framing"] += 1
                     c[DROPPED] += bs - pos
                     pos = bs
@@ -225,23 +249,43 @@ class Framer:
                     if need > n:  # skip the rest as it comes, staying in step
                         c[DROPPED] += n - pos
                         h.skip = need - n
-                        return n
+                        pos = n
+                        break
                     c[DROPPED] += need - pos
                     pos = need
                     continue
             if need > n:
                 h.need = need
                 break
-            c[SIP_BYTES] += need - pos
+            framed += need - pos
             h.need = -1
             self._emit(pkt, b[pos:need] if type(b) is bytes else bytes(b[pos:need]), out)
             pos = need
+        if framed:
+            c[SIP_BYTES] += framed
         return pos
+
+    def _fresh(self, h: Half, b: Buf, pkt: DecodedPacket, out: list[OutputPacket]) -> int:
+        """The first bytes of a direction: -1 not a WebSocket handshake, else where it ends."""
+        if b[0] in (71, 72):  # "G"ET or "H"TTP: maybe a WebSocket handshake
+            e = handshake(b, 0)
+            if e == 0:
+                return 0  # not all there yet (h.fresh stays)
+            if e > 0:
+                h.fresh = False
+                h.ws = True
+                h.synced = True
+                c = self._c
+                c[WS_BYTES] += e
+                c["tcp.websocket_handshakes"] += 1
+                return self._ws(h, b, e, pkt, out)
+        h.fresh = False
+        return -1
 
     def _resync(self, h: Half, b: Buf, pos: int) -> int:
         """Skip to the next SIP start line (then ``h.synced``), or keep only the last line."""
         c = self._c
-        start, tail = _find_start(b, pos, h.bol)
+        start, tail, bol = _find_start(b, pos, h.bol)
         if start >= 0:
             if start > pos:
                 c[SKIPPED] += start - pos
@@ -256,7 +300,7 @@ class Framer:
             if not h.skipping:
                 c["parse.drop.tcp_resync"] += 1
                 h.skipping = True
-            h.bol = tail < len(b)  # kept from a line start; nothing kept: mid-line
+        h.bol = bol
         return tail
 
     def _ws(self, h: Half, b: Buf, pos: int, pkt: DecodedPacket, out: list[OutputPacket]) -> int:
@@ -308,8 +352,10 @@ class Framer:
                     h.frag = bytearray(payload)
                 else:
                     frag += payload
+                self.buffered += len(payload)
                 continue
             if frag is not None:
+                self.buffered -= len(frag)
                 frag += payload
                 payload = bytes(frag)
                 h.frag = None
@@ -322,6 +368,7 @@ class Framer:
         """Drop the fragments of a WebSocket message in progress."""
         if h.frag is not None:
             self._c[DROPPED] += len(h.frag)
+            self.buffered -= len(h.frag)
             h.frag = None
         h.ws_drop = False
 
@@ -329,14 +376,15 @@ class Framer:
         """Drop the unframed bytes of ``h`` (a gap, the flow's end); True if a message was cut."""
         c = self._c
         cut = False
-        n = len(h.buf)
-        if n:
-            if h.synced and (h.need >= 0 or h.buf.strip(b"\r\n")):
-                c[DROPPED] += n
+        buf = h.buf
+        if buf is not None:
+            if h.synced and (h.need >= 0 or buf.strip(b"\r\n")):
+                c[DROPPED] += len(buf)
                 cut = True
             else:
-                c[SKIPPED] += n
-            h.buf = _EMPTY
+                c[SKIPPED] += len(buf)
+            self.buffered -= len(buf)
+            h.buf = None
         if h.frag is not None:
             cut = True
         self._ws_abandon(h)
@@ -350,44 +398,13 @@ def _flen(h: Half) -> int:
     return len(h.frag) if h.frag is not None else 0
 
 
-def _start(b: Buf, pos: int, n: int) -> int:
-    """At a message boundary: 1 a SIP start line, -1 not one, 0 not all there yet."""
-    if b.startswith(b"SIP/2.0 ", pos):
-        return 1
-    c = b[pos]
-    if not 65 <= c <= 90:  # methods are upper-case tokens
-        return -1
-    eol = b.find(b"\n", pos, pos + _START_LINE_MAX)
-    if eol < 0:
-        return 0 if n - pos < _START_LINE_MAX else -1
-    return 1 if looks_like_sip(b, pos) else -1  # type: ignore[arg-type]
+def _find_start(b: Buf, pos: int, bol: bool) -> tuple[int, int, bool]:
+    """(the next SIP start line, -1, True), or (-1, where the last line starts, at a line start).
 
-
-def _header_end(b: Buf, start: int) -> tuple[int, int]:
-    """(end of the header block, start of the body) from ``start``, or (-1, -1)."""
-    j = b.find(b"\r\n\r\n", start)
-    if j >= 0 and b.find(b"\n\n", start, j) < 0:
-        return j, j + 4
-    m = _HDR_END.search(b, start)
-    if m is None:
-        return -1, -1
-    return m.start(), m.end()
-
-
-def _content_length(b: Buf, pos: int, hend: int) -> int:
-    """The first Content-Length (or ``l``) of the header block; -1 absent or not a number."""
-    m = _CONTENT_LENGTH.search(b, pos, hend)
-    if m is None:
-        return -1
-    try:
-        v = int(m[1])
-    except ValueError:
-        return -1
-    return v if v >= 0 else -1
-
-
-def _find_start(b: Buf, pos: int, bol: bool) -> tuple[int, int]:
-    """(index of the next SIP start line, -1), or (-1, where the partial last line starts)."""
+    With nothing found, the partial last line is kept (it may be the start of a start line)
+    unless it is already too long to be one; the flag says whether the kept bytes (or, when
+    nothing is kept, the next ones) begin a line.
+    """
     n = len(b)
     i = b.find(b"SIP/2.0", pos)
     while i >= 0:
@@ -396,17 +413,20 @@ def _find_start(b: Buf, pos: int, bol: bool) -> tuple[int, int]:
             break
         nx = b[e]
         if nx == 32:  # "SIP/2.0 " at a line start: a status line
-            if (i > pos and b[i - 1] == 10) or (i == pos and bol):
-                if b.startswith(b"SIP/2.0 ", i) and n - i > 11 and b[i + 8 : i + 11].isdigit():
-                    return i, -1
-        elif (nx == 13 or nx == 10) and i > pos and b[i - 1] == 32:  # the end of a request line
+            at_bol = (i > pos and b[i - 1] == 10) or (i == pos and bol)
+            if at_bol and n - i > 11 and b[i + 8 : i + 11].isdigit():
+                return i, -1, True
+        elif nx in (13, 10) and i > pos and b[i - 1] == 32:  # the end of a request line
             j = b.rfind(b"\n", pos, i)
             ls = j + 1 if j >= 0 else (pos if bol else -1)
             if ls >= 0 and looks_like_sip(b, ls):  # type: ignore[arg-type]
-                return ls, -1
+                return ls, -1, True
         i = b.find(b"SIP/2.0", e)
     j = b.rfind(b"\n", pos)
-    tail = j + 1 if j >= 0 else pos
+    if j >= 0:
+        tail, bol = j + 1, True
+    else:
+        tail = pos
     if n - tail >= _START_LINE_MAX:
-        tail = n
-    return -1, tail
+        return -1, n, False
+    return -1, tail, bol

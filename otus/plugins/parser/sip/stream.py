@@ -53,8 +53,6 @@ _HALF: Final = 0x8000_0000
 _FIN, _SYN, _RST = 0x01, 0x02, 0x04
 DUPLICATE: Final = "tcp.bytes_duplicate"
 COUNTERS: Final = (
-    "tcp.segments",
-    "tcp.bytes",
     DUPLICATE,
     "tcp.bytes_missing",
     "tcp.out_of_order",
@@ -91,12 +89,27 @@ class TcpFlow(Flow):
         self.b: Half | None = None
 
 
+class _Closed(Flow):
+    """What is left of a flow closed by FIN or RST: where each direction ended."""
+
+    __slots__ = ("a_end", "b_end")
+
+    def __init__(self, a_end: int, b_end: int) -> None:
+        super().__init__()
+        self.a_end = a_end
+        self.b_end = b_end
+
+
+_LINGER_US: Final = 10_000_000  # how long a closed flow absorbs late retransmissions
+
+
 class TcpStreams:
     """Every TCP flow of one parser: segments in, SIP messages out through the framer."""
 
     __slots__ = (
         "_c",
         "_check_us",
+        "_closed",
         "_flows",
         "_framer",
         "_gap_us",
@@ -106,7 +119,9 @@ class TcpStreams:
         "_stalled",
         "_total_max",
         "_window",
-        "buffered",
+        "bytes",
+        "held",
+        "segments",
     )
 
     def __init__(
@@ -118,6 +133,11 @@ class TcpStreams:
         self._flows: FlowRegistry[Key, TcpFlow] = FlowRegistry(
             limits.max_flows, limits.flow_idle_timeout_us, self._on_end
         )
+        # Closed flows linger (bounded, not counted as flows) so that a late copy of a segment
+        # is a retransmission, not the start of a new stream reported again.
+        self._closed: FlowRegistry[Key, _Closed] = FlowRegistry(
+            max(16, limits.max_flows // 4), _LINGER_US
+        )
         self._framer = Framer(counters, emit, min(max_message, limits.max_stream_buffer))
         self._window = limits.max_stream_buffer
         self._max_held = limits.max_out_of_order
@@ -127,7 +147,9 @@ class TcpStreams:
         self._next_check = 0
         self._stalled: dict[Half, Half] = {}  # directions holding out-of-order segments
         self._pending: list[OutputPacket] = []  # completed outside segment(): next call's
-        self.buffered = 0
+        self.segments = 0  # tcp.segments
+        self.bytes = 0  # tcp.bytes
+        self.held = 0  # bytes of held out-of-order segments (with the framer's: buffered)
 
     # -- per packet ----------------------------------------------------------------------
 
@@ -140,13 +162,10 @@ class TcpStreams:
 
     def segment(self, pkt: DecodedPacket, out: list[OutputPacket]) -> None:
         """One TCP segment: track its flow, append the messages it completes to ``out``."""
-        c = self._c
-        c["tcp.segments"] += 1
+        self.segments += 1
         ts = pkt.ts_us
         if ts >= self._next_check:
             self._housekeep(ts, out)
-        p = pkt.payload
-        flags = pkt.tcp_flags
         s, sp, d, dp = pkt.src_ip, pkt.src_port, pkt.dst_ip, pkt.dst_port
         if sp < dp or (sp == dp and s < d):
             key = (s, sp, d, dp)
@@ -156,11 +175,9 @@ class TcpStreams:
             fwd = False
         flow = self._flows.touch(key, ts)
         if flow is None:
-            if not p and not flags & _SYN:
-                if self._pending:
-                    self._flush_pending(out)
-                return  # FIN/RST of a flow not (or no longer) tracked
-            flow = self._flows.add(key, TcpFlow(), ts)
+            flow = self._new_flow(key, fwd, pkt, out)
+            if flow is None:
+                return
         h = flow.a if fwd else flow.b
         if h is None:
             h = Half()
@@ -168,37 +185,91 @@ class TcpStreams:
                 flow.a = h
             else:
                 flow.b = h
-        before = h.size()
-        seq = pkt.tcp_seq
-        if flags & _SYN:
-            if h.isn != seq:
-                if h.nxt >= 0:  # a new connection reusing the 4-tuple
-                    self._end_half(h, out)
-                    self._reset(h)
-                h.isn = seq
-                h.nxt = (seq + 1) & _M
-                h.synced = True
-            seq = (seq + 1) & _M  # data on a SYN (TCP Fast Open) follows the SYN
+        flags = pkt.tcp_flags
+        seq = self._syn(h, pkt, out) if flags & _SYN else pkt.tcp_seq
+        p = pkt.payload
         if p:
-            c["tcp.bytes"] += len(p)
-            self._data(h, seq, p, pkt, out)
-            if h.held is not None and ts - h.held_since > self._gap_us:
-                while h.held:
-                    self._skip_gap(h, pkt, out)
-        self.buffered += h.size() - before
+            self.bytes += len(p)
+            if seq == h.nxt and h.held is None:  # in order, nothing waiting: the common case
+                h.nxt = (seq + len(p)) & _M
+                self._framer.feed(h, p, pkt, out)
+            else:
+                self._data(h, seq, p, pkt, out)
+                if h.held is not None and ts - h.held_since > self._gap_us:
+                    self._give_up_holes(h, pkt, out)
         if flags & (_FIN | _RST):
-            if flags & _FIN:
-                h.fin = True
-            other = flow.b if fwd else flow.a
-            if flags & _RST or (
-                (other is None or (other.fin and not other.held)) and not h.held
-            ):  # with a hole left, a retransmission may still come: wait for it (or expiry)
-                self._flows.remove(key)
-                self._end_flow(flow, out)
-        elif self.buffered > self._total_max:
+            self._fin(key, flow, h, fwd, pkt, out)
+        elif self._framer.buffered + self.held > self._total_max:
             self._shed(h)
         if self._pending:
             self._flush_pending(out)
+
+    def _new_flow(
+        self, key: Key, fwd: bool, pkt: DecodedPacket, out: list[OutputPacket]
+    ) -> TcpFlow | None:
+        """A segment of no tracked flow: start one, unless it is late news of a closed one."""
+        if (self._closed and self._late(key, fwd, pkt)) or (
+            not pkt.payload and not pkt.tcp_flags & _SYN  # FIN/RST of an untracked flow
+        ):
+            if self._pending:
+                self._flush_pending(out)
+            return None
+        return self._flows.add(key, TcpFlow(), pkt.ts_us)
+
+    def _syn(self, h: Half, pkt: DecodedPacket, out: list[OutputPacket]) -> int:
+        """A SYN sets the initial sequence number; returns where its payload (if any) starts."""
+        seq = pkt.tcp_seq
+        if h.isn != seq:
+            if h.nxt >= 0:  # a new connection reusing the 4-tuple
+                self._end_half(h, out)
+                self._reset(h)
+            h.isn = seq
+            h.nxt = (seq + 1) & _M
+            h.synced = True
+        return (seq + 1) & _M  # data on a SYN (TCP Fast Open) follows it
+
+    def _fin(
+        self,
+        key: Key,
+        flow: TcpFlow,
+        h: Half,
+        fwd: bool,
+        pkt: DecodedPacket,
+        out: list[OutputPacket],
+    ) -> None:
+        """FIN or RST: the flow ends on RST, or once both directions sent FIN."""
+        if pkt.tcp_flags & _FIN:
+            h.fin = True
+        other = flow.b if fwd else flow.a
+        if pkt.tcp_flags & _RST or (
+            (other is None or (other.fin and not other.held)) and not h.held
+        ):  # with a hole left, a retransmission may still come: wait for it (or expiry)
+            self._flows.remove(key)
+            self._end_flow(flow, out)
+            a, b = flow.a, flow.b
+            ends = _Closed(-1 if a is None else a.nxt, -1 if b is None else b.nxt)
+            self._closed.add(key, ends, pkt.ts_us)
+
+    def _late(self, key: Key, fwd: bool, pkt: DecodedPacket) -> bool:
+        """A segment of a flow closed moments ago: True if it is old news (and counted)."""
+        t = self._closed.get(key)
+        if t is None:
+            return False
+        p = pkt.payload
+        end = t.a_end if fwd else t.b_end
+        if pkt.tcp_flags & _SYN or end < 0:
+            self._closed.remove(key)  # a new connection on the same 4-tuple
+            return False
+        if not p:
+            return True  # a FIN or RST again
+        n = len(p)
+        if (pkt.tcp_seq + n - end - 1) & _M >= _HALF:  # ends at or before the old end
+            self.bytes += n
+            self._c[DUPLICATE] += n
+            self._c["parse.drop.tcp_retransmit"] += 1
+            return True
+        self._closed.remove(key)
+        return False
 
     def _data(
         self, h: Half, seq: int, p: bytes, pkt: DecodedPacket, out: list[OutputPacket]
@@ -237,7 +308,7 @@ class TcpStreams:
             if held:
                 self._skip_gap(h, pkt, out)  # the window is full: the oldest hole is lost
             else:  # too far ahead to wait for: a gap of d bytes
-                self._gap(h, d, out)
+                self._gap(h, d)
                 h.nxt = seq
         if h.held:
             self._drain_held(h, pkt, out)
@@ -258,8 +329,10 @@ class TcpStreams:
                 return
             c[DUPLICATE] += len(old.payload)
             h.held_bytes -= len(old.payload)
+            self.held -= len(old.payload)
         held[seq] = pkt
         h.held_bytes += len(p)
+        self.held += len(p)
         c["tcp.out_of_order"] += 1
 
     def _drain_held(self, h: Half, pkt: DecodedPacket | None, out: list[OutputPacket]) -> None:
@@ -279,6 +352,7 @@ class TcpStreams:
                 seg = held.pop(s)
                 q = seg.payload
                 h.held_bytes -= len(q)
+                self.held -= len(q)
                 d = (nxt - s) & _M  # an overlap: the bytes already delivered win
                 if d >= len(q):
                     c[DUPLICATE] += len(q)
@@ -288,6 +362,7 @@ class TcpStreams:
             else:
                 q = seg.payload
                 h.held_bytes -= len(q)
+                self.held -= len(q)
             h.nxt = (nxt + len(q)) & _M
             feed(h, q, pkt or seg, out)
         if held is not None:
@@ -295,10 +370,9 @@ class TcpStreams:
                 h.held_since = pkt.ts_us if pkt is not None else h.held_since
             else:
                 h.held = None
-                h.held_bytes = 0
                 self._stalled.pop(h, None)
 
-    def _gap(self, h: Half, missing: int, out: list[OutputPacket]) -> None:
+    def _gap(self, h: Half, missing: int) -> None:
         """``missing`` bytes will never come: drop the message they cut, resynchronise after."""
         c = self._c
         c["parse.drop.tcp_gap"] += 1
@@ -306,8 +380,6 @@ class TcpStreams:
         if h.skip >= missing:  # inside a message being skipped anyway: still in step
             h.skip -= missing
             return
-        if h.skip:
-            h.skip = 0
         self._framer.abandon(h)
         h.synced = False
         h.bol = True
@@ -321,26 +393,29 @@ class TcpStreams:
             return
         nxt = h.nxt
         lo = min(held, key=lambda s: (s - nxt) & _M)
-        self._gap(h, (lo - nxt) & _M, out)
+        self._gap(h, (lo - nxt) & _M)
         h.nxt = lo
         self._drain_held(h, pkt, out)
+
+    def _give_up_holes(self, h: Half, pkt: DecodedPacket | None, out: list[OutputPacket]) -> None:
+        """Every hole of ``h`` is given up: what is held past them is delivered."""
+        while h.held:
+            self._skip_gap(h, pkt, out)
 
     # -- ends ----------------------------------------------------------------------------
 
     def _end_half(self, h: Half, out: list[OutputPacket]) -> None:
         """The direction is over: deliver held segments past their holes, drop the rest."""
-        while h.held:
-            self._skip_gap(h, None, out)
+        self._give_up_holes(h, None, out)
         if self._framer.abandon(h):
             self._c["parse.drop.tcp_closed"] += 1
 
     def _end_flow(self, flow: TcpFlow, out: list[OutputPacket]) -> None:
         """Finish both directions of a flow that is gone from the registry."""
-        for h in (flow.a, flow.b):
-            if h is not None:
-                before = h.size()
-                self._end_half(h, out)
-                self.buffered += h.size() - before
+        if flow.a is not None:
+            self._end_half(flow.a, out)
+        if flow.b is not None:
+            self._end_half(flow.b, out)
 
     def _on_end(self, key: Key, flow: TcpFlow, reason: str) -> None:
         """The registry evicted or expired a flow: its messages go out with the next call."""
@@ -352,21 +427,20 @@ class TcpStreams:
 
     def _shed(self, h: Half) -> None:
         """Over the total bound: this direction drops everything it holds."""
-        c = self._c
-        before = h.size()
-        if not before:
+        if not h.size():
             return
+        c = self._c
         c["parse.drop.tcp_memory"] += 1
         if h.held:
             for seg in h.held.values():
                 c[DROPPED] += len(seg.payload)
+            self.held -= h.held_bytes
             h.held = None
             h.held_bytes = 0
             self._stalled.pop(h, None)
         self._framer.abandon(h)
         h.synced = False
         h.bol = True
-        self.buffered -= before - h.size()
 
     def _flush_pending(self, out: list[OutputPacket]) -> None:
         out.extend(self._pending)
@@ -378,13 +452,11 @@ class TcpStreams:
         """Expire idle flows, give up holes older than the gap timeout."""
         self._next_check = now_us + self._check_us
         self._flows.expire(now_us)
+        self._closed.expire(now_us)
         gap_us = self._gap_us
         for h in list(self._stalled):
             if h.held is not None and now_us - h.held_since > gap_us:
-                before = h.size()
-                while h.held:
-                    self._skip_gap(h, None, out)
-                self.buffered += h.size() - before
+                self._give_up_holes(h, None, out)
 
     def expire(self, now_us: int) -> None:
         """Idle housekeeping (packet time): messages it completes go out with the next segment."""
@@ -395,10 +467,13 @@ class TcpStreams:
         self._flush_pending(out)
         self._flows.clear("closed")  # each through _on_end, into _pending
         self._flush_pending(out)
+        self._closed.clear()
         self._stalled.clear()
 
     def stats(self) -> dict[str, int]:
-        """``flows.*`` and the ``tcp.buffered_bytes`` gauge (the rest are in the counters)."""
+        """``tcp.segments``, ``tcp.bytes``, the ``tcp.buffered_bytes`` gauge and ``flows.*``."""
         s = self._flows.stats()
-        s["tcp.buffered_bytes"] = self.buffered
+        s["tcp.segments"] = self.segments
+        s["tcp.bytes"] = self.bytes
+        s["tcp.buffered_bytes"] = self._framer.buffered + self.held
         return s
