@@ -9,7 +9,8 @@ IMAGE ?= ghcr.io/firestige/otus
 HELM ?= $(CACHE)/bin/helm
 export OTUS_CACHE := $(CACHE)
 
-APT_PACKAGES := tshark tcpdump sip-tester prometheus iproute2 libpcap0.8 tcpreplay etcd-server openssl
+APT_PACKAGES := tshark tcpdump sip-tester prometheus iproute2 libpcap0.8 tcpreplay etcd-server openssl \
+	openjdk-17-jre-headless maven
 
 .PHONY: help venv deps system-deps demo test lint unit bench e2e image manifests crds clean
 

@@ -235,10 +235,9 @@ def _environment(tmp: Path, phases: Phases) -> Iterator[Env]:
             operator = OperatorProcess(deployment, kubeconfigs["operator"], tmp)
             stack.callback(operator.stop)
             operator.start()
-        topic = TopicReader(kafka.bootstrap, "sip-signalling")
-        env = Env(cluster, kafka, hosts, agents, operator, agent_pods, topic, capturetask(kafka),
-                  tmp, phases)  # fmt: skip
-        yield env
+        ct = capturetask(kafka)
+        topic = TopicReader(kafka.bootstrap, ct["spec"]["reporters"][0]["config"]["topic"])
+        yield Env(cluster, kafka, hosts, agents, operator, agent_pods, topic, ct, tmp, phases)
 
 
 @pytest.fixture(scope="module")

@@ -64,10 +64,11 @@ def _free_port() -> int:
 
 
 def _die_with_parent() -> None:
-    # Children get SIGTERM if the Python process dies without teardown (killed test run).
+    # Children get SIGKILL if the Python process dies without teardown (killed test run): on
+    # SIGTERM, kube-apiserver's graceful shutdown waits forever for the etcd that died with it.
     # The signal follows the starting *thread*: start a Cluster from a thread that outlives it.
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _tail(path: Path, lines: int = 40) -> str:

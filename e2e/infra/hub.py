@@ -21,13 +21,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.infra.kafka import KafkaBroker, free_port
-from tests.infra.netns import Netns, SipTopology, netns, set_offloads, veth
+from tests.infra.netns import Netns, SipTopology, netns, set_offloads, stale_namespaces, veth
 
 __all__ = ["HUB_IP", "POD_IFACES", "Hub", "HubKafka", "NodeHost", "node_host"]
 
@@ -44,7 +45,10 @@ def _ip(*args: str, check: bool = True) -> str:
 
 
 def _remove_stale() -> None:
-    """Bridges and veths of e2e runs whose process is gone (killed before teardown)."""
+    """Namespaces, bridges and veths of e2e runs whose process is gone (killed before teardown)."""
+    for name in stale_namespaces():
+        if re.match(r"otus-(node|uac|uas)[a-z]-", name):
+            _ip("netns", "del", name, check=False)
     for line in _ip("-o", "link", "show", check=False).splitlines():
         m = re.match(r"\d+: (otusbr|ot)(\d+)(h\d+)?[@:]", line)
         if m and (m.group(1) == "otusbr" or m.group(3)) and not Path(f"/proc/{m[2]}").exists():
@@ -110,6 +114,12 @@ class HubKafka(KafkaBroker):
     def node_bootstrap(self) -> str:
         """``host:port`` of the listener the node namespaces reach."""
         return f"{self.node_host}:{self.node_port}"
+
+    def _java(self, *args: str, heap: str, jvm: tuple[str, ...] = ()) -> list[str]:
+        # The JVM gets SIGTERM if the test process dies without its teardown.
+        argv = super()._java(*args, heap=heap, jvm=jvm)
+        setpriv = shutil.which("setpriv")  # util-linux
+        return [setpriv, "--pdeathsig", "TERM", *argv] if setpriv else argv
 
     def _write_config(self) -> Path:
         path = super()._write_config()

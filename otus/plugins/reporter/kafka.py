@@ -40,7 +40,7 @@ from functools import partial
 from typing import Any
 
 from otus.core.packet import OutputPacket
-from otus.core.record import dumps, to_record
+from otus.core.record import record_bytes
 from otus.plugins.base import PluginContext
 from otus.plugins.reporter.kafka_config import (
     CODECS,
@@ -52,11 +52,14 @@ from otus.plugins.reporter.kafka_config import (
     ssl_context,
 )
 from otus.plugins.reporter.kafka_producer import (
+    NO_HEADERS,
     force_close,
     metadata_error,
     new_producer,
     rebuild,
+    records_of,
     retriable,
+    set_record_count,
 )
 
 __all__ = ["KafkaConfig", "KafkaReporter", "murmur2", "partition_for"]
@@ -93,6 +96,7 @@ class _Lane:
         "count",
         "inflight",
         "partition",
+        "records",
         "seq",
         "since",
         "task",
@@ -104,6 +108,7 @@ class _Lane:
         self.topic = topic
         self.partition = partition
         self.builder: Any = None  # the open batch
+        self.records: Any = None  # its record builder, appended to directly (records_of)
         self.count = 0  # records in it
         self.since = 0.0  # monotonic time of its first record (linger)
         self.batches: deque[_Batch] = deque()
@@ -132,7 +137,7 @@ class KafkaReporter:
         self._max = config.buffer_max_records
         self._linger = config.linger_ms / 1000
         self._backoff = config.retry_backoff_ms / 1000
-        self._headers: list[tuple[str, bytes]] | None = None
+        self._headers: list[tuple[str, bytes]] = NO_HEADERS
         if config.headers:
             self._headers = [("task_id", ctx.task_id.encode()), ("agent_id", ctx.agent_id.encode())]
         # counters: see the module docstring
@@ -255,6 +260,7 @@ class KafkaReporter:
         fixed_topic, prefix = self.config.topic, self.config.topic_prefix
         limit = self.config.max_request_size
         keys, headers, new_builder = self._keys, self._headers, self._new_builder
+        encode = record_bytes
         ts, now = int(time.time() * 1000), time.monotonic()  # one clock read per call
         ptype: str | None = None
         lanes: list[_Lane] = []
@@ -275,7 +281,7 @@ class KafkaReporter:
                     touched.append(lanes)
                     nparts = len(lanes)
                     sticky = self._rr % nparts  # keyless records: one partition per call
-            value = dumps(to_record(out, task_id, agent_id))
+            value = encode(out, task_id, agent_id)
             if len(value) > limit:
                 too_large += 1
                 continue
@@ -289,16 +295,19 @@ class KafkaReporter:
                 staged.append((key, value))
                 continue
             lane = lanes[sticky] if key is None else lanes[kh[1] % nparts]
-            b = lane.builder
-            if b is None:
-                b = lane.builder = new_builder()
+            r = lane.records
+            if r is None:
+                lane.builder = b = new_builder()
+                lane.records = r = records_of(b)
                 lane.since = now
-            if b.append(timestamp=ts, key=key, value=value, headers=headers) is None:
+            # The record builder itself, positionally: aiokafka's wrapper costs as much again.
+            if r.append(lane.count, ts, key, value, headers) is None:
                 self._seal(lane)
-                b = lane.builder = new_builder()
+                lane.builder = b = new_builder()
+                lane.records = r = records_of(b)
                 lane.since = now
                 # An empty batch takes any record: oversized ones were dropped above.
-                b.append(timestamp=ts, key=key, value=value, headers=headers)
+                r.append(0, ts, key, value, headers)
             lane.count += 1
         self._drop_too_large += too_large
         if accepted:
@@ -322,8 +331,9 @@ class KafkaReporter:
     def _seal(self, lane: _Lane) -> None:
         """Close the lane's open batch and queue it for sending."""
         lane.seq += 1
+        set_record_count(lane.builder, lane.count)
         lane.batches.append(_Batch(lane, lane.builder, lane.count, lane.seq))
-        lane.builder = None
+        lane.builder = lane.records = None
         lane.count = 0
 
     def _stage(self, topic: str) -> list[tuple[bytes | None, bytes]]:
@@ -462,14 +472,16 @@ class KafkaReporter:
         ts, now, sticky = int(time.time() * 1000), time.monotonic(), self._rr % len(lanes)
         for key, value in self._staged.pop(topic, []):
             lane = lanes[sticky if key is None else partition_for(key, len(lanes))]
-            if lane.builder is None:
+            if lane.records is None:
                 lane.builder, lane.since = self._new_builder(), now
-            if lane.builder.append(timestamp=ts, key=key, value=value, headers=self._headers):
+                lane.records = records_of(lane.builder)
+            if lane.records.append(lane.count, ts, key, value, self._headers) is not None:
                 lane.count += 1
                 continue
             self._seal(lane)
             lane.builder, lane.since = self._new_builder(), now
-            lane.builder.append(timestamp=ts, key=key, value=value, headers=self._headers)
+            lane.records = records_of(lane.builder)
+            lane.records.append(0, ts, key, value, self._headers)
             lane.count += 1
         self._lanes[topic] = lanes
         for lane in lanes:

@@ -42,7 +42,6 @@ CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
 class KafkaConfig(SpecModel):
     """Settings of the ``kafka`` reporter (every field bounded: the CRD schema comes from here)."""
 
-
     brokers: list[BrokerAddress] = Field(
         min_length=1, max_length=100, description="Bootstrap brokers, host:port."
     )

@@ -15,7 +15,19 @@ from typing import Any
 from otus.plugins.base import PluginContext
 from otus.plugins.reporter.kafka_config import KafkaConfig
 
-__all__ = ["force_close", "metadata_error", "new_producer", "rebuild", "retriable"]
+__all__ = [
+    "NO_HEADERS",
+    "force_close",
+    "metadata_error",
+    "new_producer",
+    "rebuild",
+    "records_of",
+    "retriable",
+    "set_record_count",
+]
+
+# Record headers when there are none: the record builder wants a list (it only reads it).
+NO_HEADERS: list[tuple[str, bytes]] = []
 
 
 def new_producer(
@@ -55,6 +67,22 @@ def new_producer(
         if accumulator is not None and hasattr(accumulator, "_batch_ttl"):
             accumulator._batch_ttl = float("inf")
     return producer
+
+
+def records_of(builder: Any) -> Any:
+    """The record builder inside an aiokafka BatchBuilder, to append to without the wrapper.
+
+    ``BatchBuilder.append`` is a Python method taking keywords, which then calls this C method;
+    calling it directly, positionally (``append(offset, timestamp, key, value, headers)``, the
+    offset counted by the caller), halves the cost of a record. :func:`set_record_count` must
+    follow before the batch is handed to aiokafka.
+    """
+    return builder._builder
+
+
+def set_record_count(builder: Any, count: int) -> None:
+    """Tell the wrapper how many records went in (aiokafka sizes sequence numbers by it)."""
+    builder._relative_offset = count
 
 
 def rebuild(old: Any, new_builder: Callable[[], Any]) -> Any:

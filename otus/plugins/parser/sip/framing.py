@@ -200,22 +200,25 @@ class Framer:
                     if pos >= n:
                         break
                     c0 = b[pos]
-                # The start line: "SIP/2.0 " or an upper-case method ending in " SIP/2.0".
-                if not (c0 == 83 and b.startswith(b"SIP/2.0 ", pos)):
-                    eol = b.find(b"\n", pos, pos + _START_LINE_MAX) if 65 <= c0 <= 90 else -2
-                    if eol == -1 and n - pos < _START_LINE_MAX:
-                        break  # not all there yet
-                    if eol < 0 or not b.endswith(
-                        b" SIP/2.0", pos, eol - 1 if b[eol - 1] == 13 else eol
-                    ):
-                        h.synced = False  # not SIP at a message boundary: resync
-                        h.bol = True
-                        continue
-                s0 = h.scan if h.scan > pos else pos
-                he = b.find(b"\r\n\r\n", s0)
-                if he >= 0 and b.find(b"\n\n", s0, he) < 0:
-                    bs = he + 4
-                else:  # bare LF line ends somewhere, or no end yet
+                # The start line: "SIP/2.0 " or an upper-case method, then " SIP/2.0".
+                eol = b.find(b"\n", pos, pos + _START_LINE_MAX)
+                if eol < 0 and n - pos < _START_LINE_MAX:
+                    break  # not all there yet
+                crlf = b[eol - 1] == 13
+                if eol < 0 or not (
+                    (c0 == 83 and b.startswith(b"SIP/2.0 ", pos))
+                    or (65 <= c0 <= 90 and b.endswith(b" SIP/2.0", pos, eol - crlf))
+                ):
+                    h.synced = False  # not SIP at a message boundary: resync
+                    h.bol = True
+                    continue
+                # The header block ends at the first empty line, with the start line's line
+                # ends (one scan); a block that mixes CRLF and bare LF needs the regex.
+                s0 = h.scan if h.scan > eol else eol - crlf
+                he = b.find(b"\r\n\r\n" if crlf else b"\n\n", s0)
+                if he >= 0:
+                    bs = he + 4 if crlf else he + 2
+                else:
                     m = _HDR_END.search(b, s0)
                     if m is None:
                         if n - pos > mx:  # a header block that does not end within the bound
@@ -225,17 +228,23 @@ class Framer:
                             h.scan = 0
                             pos = n
                             break
-                        h.scan = n - 3 if n - 3 > pos else pos
+                        h.scan = n - 3 if n - 3 > eol else eol
                         break
                     he, bs = m.span()
                 h.scan = 0
-                m = _CONTENT_LENGTH.search(b, pos, he)
-                cl = -1
-                if m is not None:
-                    try:
-                        cl = int(m[1])
-                    except ValueError:
-                        cl = -1
+                # Content-Length is nearly always written so, and last: found from the end.
+                # (With two different ones the message is broken anyway; either delimits it.)
+                i = b.rfind(b"\nContent-Length:", pos, he)
+                if i >= 0:
+                    e = b.find(b"\n", i + 16, he + 2)
+                    v = b[i + 16 : e if e >= 0 else he]
+                else:
+                    m = _CONTENT_LENGTH.search(b, pos, he)
+                    v = m[1] if m is not None else b"-1"
+                try:
+                    cl = int(v)
+                except ValueError:
+                    cl = -1
                 if cl < 0:  # none, or not a number: the message cannot be delimited
                     c["parse.drop.tcp_framing"] += 1
                     c[DROPPED] += bs - pos

@@ -113,6 +113,8 @@ class TcpStreams:
         "_flows",
         "_framer",
         "_gap_us",
+        "_granule",
+        "_lookup",
         "_max_held",
         "_next_check",
         "_pending",
@@ -133,6 +135,8 @@ class TcpStreams:
         self._flows: FlowRegistry[Key, TcpFlow] = FlowRegistry(
             limits.max_flows, limits.flow_idle_timeout_us, self._on_end
         )
+        self._lookup = self._flows.get  # a found flow is refreshed inline (see touch)
+        self._granule = self._flows.granule
         # Closed flows linger (bounded, not counted as flows) so that a late copy of a segment
         # is a retransmission, not the start of a new stream reported again.
         self._closed: FlowRegistry[Key, _Closed] = FlowRegistry(
@@ -173,11 +177,16 @@ class TcpStreams:
         else:
             key = (d, dp, s, sp)
             fwd = False
-        flow = self._flows.touch(key, ts)
+        # Literals below, not the named flags: a global lookup costs as much as the test.
+        flow = self._lookup(key)
         if flow is None:
             flow = self._new_flow(key, fwd, pkt, out)
             if flow is None:
                 return
+        elif ts - flow.moved_us > self._granule:
+            self._flows.touch(key, ts)
+        else:
+            flow.last_us = ts
         h = flow.a if fwd else flow.b
         if h is None:
             h = Half()
@@ -186,18 +195,18 @@ class TcpStreams:
             else:
                 flow.b = h
         flags = pkt.tcp_flags
-        seq = self._syn(h, pkt, out) if flags & _SYN else pkt.tcp_seq
+        seq = self._syn(h, pkt, out) if flags & 2 else pkt.tcp_seq  # SYN
         p = pkt.payload
         if p:
             self.bytes += len(p)
             if seq == h.nxt and h.held is None:  # in order, nothing waiting: the common case
-                h.nxt = (seq + len(p)) & _M
+                h.nxt = (seq + len(p)) & 0xFFFF_FFFF
                 self._framer.feed(h, p, pkt, out)
             else:
                 self._data(h, seq, p, pkt, out)
                 if h.held is not None and ts - h.held_since > self._gap_us:
                     self._give_up_holes(h, pkt, out)
-        if flags & (_FIN | _RST):
+        if flags & 5:  # FIN or RST
             self._fin(key, flow, h, fwd, pkt, out)
         elif self._framer.buffered + self.held > self._total_max:
             self._shed(h)
