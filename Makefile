@@ -50,8 +50,9 @@ lint: venv
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+# The real API server and helm some unit tests use are built here, outside pytest's per-test timeout.
 unit: venv
-	bash e2e/infra/build.sh helm
+	bash e2e/infra/build.sh all
 	$(VENV)/bin/pytest
 
 test: system-deps venv lint unit

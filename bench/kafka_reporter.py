@@ -4,7 +4,8 @@ Run: ``python -m bench.kafka_reporter [--records N] [--compression C] [--batch-s
 as the ``kafka`` case of ``python -m bench``. Starts the test suite's broker
 (``tests/infra/kafka.py``), so Java and Maven must be present. "Per CPU-second" counts the
 reporting process only (user and system time); the broker shares the cores, so the end-to-end
-rate depends on the machine.
+rate depends on the machine. Then the whole pipeline into the same broker
+(``bench.kafka_pipeline``: the pcap corpus through decode, SIP parse and this reporter).
 """
 
 from __future__ import annotations

@@ -142,12 +142,17 @@ def _target(args: argparse.Namespace) -> Target:
 
 
 def _run(args: argparse.Namespace, coro_fn: Any) -> int:
+    from aiokafka.errors import KafkaError  # noqa: PLC0415 - keep `otus --help` fast
+
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its reconnect chatter
     try:
         settings = settings_from(args)
         return int(asyncio.run(coro_fn(settings)))
     except BrokerUnreachableError as e:
         print(f"otus: {e}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except KafkaError as e:  # the brokers went away after we connected
+        print(f"otus: Kafka: {e}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except ReporterError as e:  # TLS or password files
         print(f"otus: {e}", file=sys.stderr)

@@ -17,7 +17,10 @@ Crash windows: before 2, the offset is not committed either, so the command come
 applied once. Between 2 and the end of 3 it is applied at most once: the redelivered command finds
 ``pending`` and gets a COMMAND_INTERRUPTED reply instead of a second application (it may or may not
 have taken effect: ``task.status`` tells). Between 3 and 4 the redelivery gets the recorded outcome
-again (a second reply, flagged ``duplicate``). A command refused because the daemon is stopping is
+again (a second reply, flagged ``duplicate``); the same after 4 if the commit was lost. A record
+that cannot be written (disk full) fails the plane before anything is applied, and the daemon
+restarts it: the command comes back. A shutdown lets a command being applied finish (1.5 s at
+most, else it stays ``pending``). A command refused because the daemon is stopping is
 ``released`` and its offset left uncommitted, so the next start applies it. The record keeps the
 newest ``applied_max`` ids; an older id can only come back if the group's offsets are moved back by
 hand, or a sender reuses an id. A new group (first start, or offsets expired) starts at the end of
@@ -67,7 +70,10 @@ log = structlog.stdlib.get_logger("otus.control.kafka")
 
 _RECOMMIT_S = 600.0
 _PARTITIONS_CHECK_S = 60.0
-_STOP_S = 1.5  # a stopping plane's budget per step: last reply, last heartbeat, closing clients
+# Once cancelled, everything left (the command in hand, its reply, the last heartbeat, closing
+# the clients) shares this budget: the daemon gives its planes 30 % of shutdown_timeout_s.
+_STOP_BUDGET_S = 3.5
+_RESTORE_WAIT_S = 60.0
 _MAX_VALUE = 900_000  # replies and heartbeats stay under the default 1 MiB message limit
 _MAX_TASKS_LISTED = 500
 _COUNTERS = {
@@ -172,6 +178,7 @@ class KafkaPlane:
         self._changed = asyncio.Event()
         self._hb_failures = 0
         self._producer: Any = None
+        self._deadline: float | None = None  # monotonic end of the stop budget, once cancelled
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -218,16 +225,14 @@ class KafkaPlane:
             fetch_max_bytes=max(fetch, 50 << 20),
             metadata_max_age_ms=60_000,
         )
-        started: list[Any] = []
         beats: asyncio.Task[None] | None = None
         try:
             timeout = s.request_timeout_ms / 1000 + 5
             for client in (producer, consumer):
                 await asyncio.wait_for(client.start(), timeout)
-                started.append(client)
             if s.create_topics:
-                for problem in await asyncio.wait_for(ensure_topics(s, kw), timeout):
-                    log.warning("kafka: cannot create a topic", problem=problem)
+                await self._create_topics(kw, timeout)
+            await self._restored()
             tps = await self._assign(consumer, producer)
             self._producer = producer
             self.listening = True
@@ -236,6 +241,7 @@ class KafkaPlane:
             beats = asyncio.create_task(self._heartbeats(producer), name="kafka-heartbeats")
             await self._consume(consumer, producer, tps)
         except asyncio.CancelledError:
+            self._stop_by()
             if self.listening:
                 await self._stopping_heartbeat(producer)
             raise
@@ -244,10 +250,37 @@ class KafkaPlane:
             self._producer = None
             if beats is not None:
                 beats.cancel()
-                await asyncio.wait([beats], timeout=_STOP_S)
-            for client in reversed(started):
+                await asyncio.wait([beats], timeout=self._left(1.0))
+            for client in (consumer, producer):  # started or not: a failed start holds sockets
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(client.stop(), _STOP_S * 2)
+                    await asyncio.wait_for(client.stop(), self._left(5.0))
+            self._deadline = None
+
+    def _stop_by(self) -> None:
+        """Cancelled: start the clock of the stop budget."""
+        if self._deadline is None:
+            self._deadline = time.monotonic() + _STOP_BUDGET_S
+
+    def _left(self, normally: float) -> float:
+        """A step's time limit: ``normally``, or what is left of the stop budget."""
+        if self._deadline is None:
+            return normally
+        return max(0.1, min(normally, self._deadline - time.monotonic()))
+
+    async def _create_topics(self, kw: dict[str, Any], limit_s: float) -> None:
+        try:
+            problems = await asyncio.wait_for(ensure_topics(self.settings, kw), limit_s)
+        except Exception as e:  # no rights to create topics: they may exist all the same
+            problems = [repr(e)]
+        for problem in problems:
+            log.warning("kafka: cannot create a topic", problem=problem)
+
+    async def _restored(self) -> None:
+        """Wait (bounded) for the daemon's restore, so commands meet the tasks it brings back."""
+        for _ in range(int(_RESTORE_WAIT_S * 10)):
+            if self.ctx.manager.restored:
+                return
+            await asyncio.sleep(0.1)
 
     async def _assign(self, consumer: Any, producer: Any) -> list[Any]:
         """Assign every partition of the command topic; a new group starts at its end."""
@@ -346,7 +379,15 @@ class KafkaPlane:
             self.counts["duplicates"] += 1
             await self._reply(self._duplicate(cmd, prior))
             return
-        await asyncio.to_thread(self.applied.begin, cmd.id, cmd.command)
+        write = asyncio.ensure_future(asyncio.to_thread(self.applied.begin, cmd.id, cmd.command))
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:  # stopping before applying: leave it for the next start
+            await asyncio.wait([write], timeout=1.0)
+            if write.done():  # else it stays pending: reported as interrupted, never applied
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.applied.release, cmd.id)
+            raise
         await self._apply(cmd)
 
     def _duplicate(self, cmd: Command, prior: dict[str, Any]) -> dict[str, Any]:
@@ -368,7 +409,8 @@ class KafkaPlane:
             # Outcomes (errors too) are read from the future.
             await asyncio.wait([call])
         except asyncio.CancelledError:
-            await asyncio.wait([call], timeout=_STOP_S)
+            self._stop_by()
+            await asyncio.wait([call], timeout=self._left(1.5))
             if call.done():
                 with contextlib.suppress(_Released):
                     await self._settle(cmd, call)
@@ -408,7 +450,7 @@ class KafkaPlane:
                 producer.send_and_wait(
                     self.settings.reply_topic, value, key=str(reply["request_id"]).encode()
                 ),
-                self.settings.request_timeout_ms / 1000,
+                self._left(self.settings.request_timeout_ms / 1000),
             )
         except Exception as e:
             log.warning("kafka: reply not sent", id=reply["request_id"], error=repr(e))
@@ -434,7 +476,7 @@ class KafkaPlane:
                     orjson.dumps(hb, default=str),
                     key=self.ctx.agent_id.encode(),
                 ),
-                max(within_s, 1.0),
+                within_s,
             )
         except asyncio.CancelledError:
             raise
@@ -449,4 +491,4 @@ class KafkaPlane:
 
     async def _stopping_heartbeat(self, producer: Any) -> None:
         with contextlib.suppress(BaseException):
-            await self._beat(producer, "stopping", 2 * _STOP_S)
+            await self._beat(producer, "stopping", self._left(1.5))

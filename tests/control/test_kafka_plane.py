@@ -38,7 +38,7 @@ from otus.control.kafka_plane import KafkaPlane
 from otus.task.manager import TaskManager
 from tests.infra.daemon import looping_task
 from tests.infra.fleet import collect, fleet_settings, group_offsets, rewind_group
-from tests.infra.kafka import KafkaBroker, free_port
+from tests.infra.kafka import SASL_PASSWORD, SASL_USER, KafkaBroker, free_port
 
 # -- the envelope (no broker) ----------------------------------------------------------------
 
@@ -435,3 +435,17 @@ async def test_the_plane_outlives_a_broker_restart(
     _, replies = await collect(settings, "task.list", {}, expected={"a1"}, wait_s=90)
     assert [r["agent_id"] for r in replies] == ["a1"]
     await wait_heartbeat(settings, lambda b: b.get("a1", {}).get("ts", 0) > time.time() - 5)
+
+
+@pytest.mark.kafka
+async def test_sasl_like_the_reporter(kafka_broker: KafkaBroker, start_agent: Start) -> None:
+    settings = fleet_settings(
+        kafka_broker.sasl_bootstrap,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-512",
+        username=SASL_USER,
+        password=SASL_PASSWORD,
+    )
+    await start_agent(settings, "a1")
+    _, replies = await collect(settings, "task.list", {}, expected={"a1"})
+    assert [r["agent_id"] for r in replies] == ["a1"]

@@ -91,9 +91,15 @@ def tshark_json(
     decode_as: Sequence[str] = (),
     display_filter: str = "sip",
     timeout: float = 120.0,
+    prefs: Sequence[str] = (),
 ) -> list[Pairs]:
-    """The layers of each displayed frame as ordered (key, value) pairs, duplicates kept."""
+    """The layers of each displayed frame as ordered (key, value) pairs, duplicates kept.
+
+    ``prefs`` adds ``-o name:value`` preferences (after the defaults, so they win).
+    """
     args = ["tshark", "-n", "-r", str(pcap), "-T", "json", *_prefs(tcp_reassembly)]
+    for pref in prefs:
+        args += ["-o", pref]
     for d in decode_as:
         args += ["-d", d]
     if display_filter:
@@ -224,10 +230,13 @@ def sip_messages(
     *,
     tcp_reassembly: bool = True,
     decode_as: Sequence[str] = (),
+    prefs: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Every SIP message tshark dissects, in frame order (several per frame over TCP)."""
     out: list[dict[str, Any]] = []
-    for layers in tshark_json(pcap, tcp_reassembly=tcp_reassembly, decode_as=decode_as):
+    for layers in tshark_json(
+        pcap, tcp_reassembly=tcp_reassembly, decode_as=decode_as, prefs=prefs
+    ):
         for i, (key, value) in enumerate(layers):
             if key == "sip" and isinstance(value, list):
                 msg = _message(layers, i, value)

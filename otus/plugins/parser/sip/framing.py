@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Final
 
 from otus.core.packet import DecodedPacket, OutputPacket
-from otus.plugins.parser.sip.message import looks_like_sip
+from otus.plugins.parser.sip.message import METHODS, looks_like_sip
 from otus.plugins.parser.sip.websocket import handshake, next_frame, unmask
 
 __all__ = ["COUNTERS", "Emit", "Framer", "Half"]
@@ -63,6 +63,8 @@ _CRLFS: Final = re.compile(rb"[\r\n]+")
 _HDR_END: Final = re.compile(rb"\r?\n\r?\n")
 _CONTENT_LENGTH: Final = re.compile(rb"\n(?:content-length|l)[ \t]*:([^\n]*)", re.I)
 _START_LINE_MAX: Final = 2048  # as looks_like_sip: a longer first line is not a start line
+_CSEQ: Final = re.compile(rb"\ncseq[ \t]*:[ \t]*[0-9]+[ \t]+([!-~]+)", re.I)
+NO, YES, MAYBE = 0, 1, 2  # Half.bol
 
 
 class Half:
@@ -84,6 +86,7 @@ class Half:
         "skip",
         "skipping",
         "synced",
+        "unsure",
         "ws",
         "ws_drop",
     )
@@ -96,7 +99,8 @@ class Half:
         self.scan = 0  # where to resume looking for the end of the header block
         self.skip = 0  # bytes still to skip (the rest of a message too large to keep)
         self.synced = False  # buf starts at a message boundary
-        self.bol = True  # buf may start at a line start (a resync may match there)
+        self.bol = MAYBE  # whether buf starts a line: NO, YES, or MAYBE (after a gap)
+        self.unsure = False  # synced on a request line at a MAYBE: checked before use
         self.skipping = False  # inside a run of skipped bytes (one tcp_resync per run)
         self.fresh = True  # nothing delivered yet: a WebSocket handshake may come first
         self.ws = False  # WebSocket frames, after the handshake
@@ -140,10 +144,11 @@ class Framer:
         if buf is None:
             if h.ws:
                 pos = self._ws(h, data, 0, pkt, out)
-            elif data[0] in (13, 10) and h.synced and h.need < 0:
+            elif data[0] in (13, 10) and h.need < 0:
                 if not data.strip(b"\r\n"):  # a keep-alive segment
                     self._c[KEEPALIVE] += len(data)
                     self._c["parse.drop.keepalive"] += 1
+                    h.bol = YES
                     return
                 pos = self._sip(h, data, pkt, out)
             else:
@@ -210,7 +215,7 @@ class Framer:
                     or (65 <= c0 <= 90 and b.endswith(b" SIP/2.0", pos, eol - crlf))
                 ):
                     h.synced = False  # not SIP at a message boundary: resync
-                    h.bol = True
+                    h.bol = YES
                     continue
                 # The header block ends at the first empty line, with the start line's line
                 # ends (one scan); a block that mixes CRLF and bare LF needs the regex.
@@ -224,7 +229,8 @@ class Framer:
                         if n - pos > mx:  # a header block that does not end within the bound
                             c["parse.drop.too_large"] += 1
                             c[DROPPED] += n - pos
-                            h.synced = h.bol = False
+                            h.synced = False
+                            h.bol = NO
                             h.scan = 0
                             pos = n
                             break
@@ -232,6 +238,16 @@ class Framer:
                         break
                     he, bs = m.span()
                 h.scan = 0
+                if h.unsure:  # right after a gap: its first bytes may be lost ("VITE sip:...")
+                    h.unsure = False
+                    if not _plausible(b, pos, he):
+                        c[SKIPPED] += eol + 1 - pos
+                        c["parse.drop.tcp_resync"] += 1
+                        h.skipping = True
+                        pos = eol + 1
+                        h.synced = False
+                        h.bol = YES
+                        continue
                 # Content-Length is nearly always written so, and last: found from the end.
                 # (With two different ones the message is broken anyway; either delimits it.)
                 i = b.rfind(b"\nContent-Length:", pos, he)
@@ -250,7 +266,7 @@ class Framer:
                     c[DROPPED] += bs - pos
                     pos = bs
                     h.synced = False
-                    h.bol = True
+                    h.bol = YES
                     continue
                 need = bs + cl
                 if need - pos > mx:
@@ -294,15 +310,23 @@ class Framer:
     def _resync(self, h: Half, b: Buf, pos: int) -> int:
         """Skip to the next SIP start line (then ``h.synced``), or keep only the last line."""
         c = self._c
-        start, tail, bol = _find_start(b, pos, h.bol)
+        if h.bol and b[pos] in (13, 10):  # keep-alives where a message could start
+            m = _CRLFS.match(b, pos)
+            if m is not None:
+                c[KEEPALIVE] += m.end() - pos
+                pos = m.end()
+                if pos >= len(b):
+                    return pos
+        start, tail, bol, unsure = _find_start(b, pos, h.bol)
         if start >= 0:
             if start > pos:
                 c[SKIPPED] += start - pos
                 if not h.skipping:
                     c["parse.drop.tcp_resync"] += 1
             h.synced = True
+            h.unsure = unsure
             h.skipping = False
-            h.bol = True
+            h.bol = YES
             return start
         if tail > pos:
             c[SKIPPED] += tail - pos
@@ -407,12 +431,22 @@ def _flen(h: Half) -> int:
     return len(h.frag) if h.frag is not None else 0
 
 
-def _find_start(b: Buf, pos: int, bol: bool) -> tuple[int, int, bool]:
-    """(the next SIP start line, -1, True), or (-1, where the last line starts, at a line start).
+def _plausible(b: Buf, pos: int, he: int) -> bool:
+    """A request line found where a line only *may* start: a known method, and its CSeq's."""
+    sp = b.find(b" ", pos, he)
+    method = bytes(b[pos:sp])
+    if sp < 0 or method.decode("latin-1") not in METHODS:
+        return False
+    m = _CSEQ.search(b, pos, he)
+    return m is not None and m[1] == method
 
-    With nothing found, the partial last line is kept (it may be the start of a start line)
-    unless it is already too long to be one; the flag says whether the kept bytes (or, when
-    nothing is kept, the next ones) begin a line.
+
+def _find_start(b: Buf, pos: int, bol: int) -> tuple[int, int, int, bool]:
+    """The next SIP start line: (its index, -1, YES, unsure), or (-1, tail, bol, False).
+
+    With nothing found, the partial last line (``tail`` on) is kept, as it may begin a start
+    line, unless it is already too long to be one; ``bol`` says whether the kept bytes (or the
+    next ones) begin a line. ``unsure``: a request line at ``pos`` where ``bol`` was MAYBE.
     """
     n = len(b)
     i = b.find(b"SIP/2.0", pos)
@@ -422,20 +456,20 @@ def _find_start(b: Buf, pos: int, bol: bool) -> tuple[int, int, bool]:
             break
         nx = b[e]
         if nx == 32:  # "SIP/2.0 " at a line start: a status line
-            at_bol = (i > pos and b[i - 1] == 10) or (i == pos and bol)
+            at_bol = (i > pos and b[i - 1] == 10) or (i == pos and bol != NO)
             if at_bol and n - i > 11 and b[i + 8 : i + 11].isdigit():
-                return i, -1, True
+                return i, -1, YES, False
         elif nx in (13, 10) and i > pos and b[i - 1] == 32:  # the end of a request line
             j = b.rfind(b"\n", pos, i)
-            ls = j + 1 if j >= 0 else (pos if bol else -1)
+            ls = j + 1 if j >= 0 else (pos if bol != NO else -1)
             if ls >= 0 and looks_like_sip(b, ls):  # type: ignore[arg-type]
-                return ls, -1, True
+                return ls, -1, YES, ls == pos and bol == MAYBE
         i = b.find(b"SIP/2.0", e)
     j = b.rfind(b"\n", pos)
     if j >= 0:
-        tail, bol = j + 1, True
+        tail, bol = j + 1, YES
     else:
         tail = pos
     if n - tail >= _START_LINE_MAX:
-        return -1, n, False
-    return -1, tail, bol
+        return -1, n, NO, False
+    return -1, tail, bol, False

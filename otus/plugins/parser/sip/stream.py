@@ -44,7 +44,7 @@ from typing import Final
 
 from otus.core.packet import DecodedPacket, OutputPacket
 from otus.decoder.flows import Flow, FlowRegistry
-from otus.plugins.parser.sip.framing import DROPPED, Emit, Framer, Half
+from otus.plugins.parser.sip.framing import DROPPED, MAYBE, Emit, Framer, Half
 
 __all__ = ["COUNTERS", "StreamLimits", "TcpFlow", "TcpStreams"]
 
@@ -101,6 +101,7 @@ class _Closed(Flow):
 
 
 _LINGER_US: Final = 10_000_000  # how long a closed flow absorbs late retransmissions
+SEG_COST: Final = 256  # a held segment's object overhead, charged against the byte bounds
 
 
 class TcpStreams:
@@ -123,6 +124,7 @@ class TcpStreams:
         "_window",
         "bytes",
         "held",
+        "held_segs",
         "segments",
     )
 
@@ -154,6 +156,7 @@ class TcpStreams:
         self.segments = 0  # tcp.segments
         self.bytes = 0  # tcp.bytes
         self.held = 0  # bytes of held out-of-order segments (with the framer's: buffered)
+        self.held_segs = 0  # how many: each is charged SEG_COST more against the bounds
 
     # -- per packet ----------------------------------------------------------------------
 
@@ -208,7 +211,7 @@ class TcpStreams:
                     self._give_up_holes(h, pkt, out)
         if flags & 5:  # FIN or RST
             self._fin(key, flow, h, fwd, pkt, out)
-        elif self._framer.buffered + self.held > self._total_max:
+        elif self._framer.buffered + self.held + self.held_segs * SEG_COST > self._total_max:
             self._shed(h)
         if self._pending:
             self._flush_pending(out)
@@ -307,10 +310,11 @@ class TcpStreams:
                 self._framer.feed(h, p[-d:], pkt, out)
                 break
             held = h.held
+            k = 0 if held is None else len(held)
             if (
                 d + n <= self._window
-                and (0 if held is None else len(held)) < self._max_held
-                and h.size() + n <= self._window
+                and k < self._max_held
+                and h.size() + n + (k + 1) * SEG_COST <= self._window
             ):
                 self._hold(h, seq, p, pkt)
                 return
@@ -339,6 +343,8 @@ class TcpStreams:
             c[DUPLICATE] += len(old.payload)
             h.held_bytes -= len(old.payload)
             self.held -= len(old.payload)
+        else:
+            self.held_segs += 1
         held[seq] = pkt
         h.held_bytes += len(p)
         self.held += len(p)
@@ -362,6 +368,7 @@ class TcpStreams:
                 q = seg.payload
                 h.held_bytes -= len(q)
                 self.held -= len(q)
+                self.held_segs -= 1
                 d = (nxt - s) & _M  # an overlap: the bytes already delivered win
                 if d >= len(q):
                     c[DUPLICATE] += len(q)
@@ -372,6 +379,7 @@ class TcpStreams:
                 q = seg.payload
                 h.held_bytes -= len(q)
                 self.held -= len(q)
+                self.held_segs -= 1
             h.nxt = (nxt + len(q)) & _M
             feed(h, q, pkt or seg, out)
         if held is not None:
@@ -391,7 +399,7 @@ class TcpStreams:
             return
         self._framer.abandon(h)
         h.synced = False
-        h.bol = True
+        h.bol = MAYBE
         h.skipping = False
         h.ws = False  # WebSocket framing cannot be found again mid-stream; SIP start lines can
 
@@ -444,12 +452,13 @@ class TcpStreams:
             for seg in h.held.values():
                 c[DROPPED] += len(seg.payload)
             self.held -= h.held_bytes
+            self.held_segs -= len(h.held)
             h.held = None
             h.held_bytes = 0
             self._stalled.pop(h, None)
         self._framer.abandon(h)
         h.synced = False
-        h.bol = True
+        h.bol = MAYBE
 
     def _flush_pending(self, out: list[OutputPacket]) -> None:
         out.extend(self._pending)

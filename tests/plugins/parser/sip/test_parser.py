@@ -62,6 +62,23 @@ class TestConfig:
             False,
         )
         assert c.max_message_size == 65535
+        assert (c.tcp.max_flows, c.tcp.max_stream_buffer, c.tcp.max_total_buffer) == (
+            65536,
+            131072,
+            64 << 20,
+        )
+        assert (c.tcp.max_out_of_order, c.tcp.gap_timeout_ms, c.tcp.flow_idle_timeout_s) == (
+            64,
+            1000,
+            300,
+        )
+        assert (c.dedup.enabled, c.dedup.window_ms) == (False, 200)
+
+    def test_camel_case_like_every_spec_model(self) -> None:
+        c = SipConfig.model_validate(
+            {"detectByContent": False, "tcp": {"maxFlows": 100}, "dedup": {"windowMs": 50}}
+        )
+        assert (c.detect_by_content, c.tcp.max_flows, c.dedup.window_ms) == (False, 100, 50)
 
     @pytest.mark.parametrize(
         "options",
@@ -72,6 +89,13 @@ class TestConfig:
             {"max_message_size": 10},
             {"max_message_size": 1 << 30},
             {"unknown": 1},
+            {"tcp": {"max_flows": 0}},
+            {"tcp": {"max_flows": 10_000_000}},
+            {"tcp": {"max_total_buffer": 1 << 40}},
+            {"tcp": {"max_out_of_order": 5000}},
+            {"tcp": {"unknown": 1}},
+            {"dedup": {"window_ms": 0}},
+            {"dedup": {"max_entries": 1 << 30}},
         ],
     )
     def test_rejects(self, options: dict[str, object]) -> None:
@@ -79,11 +103,18 @@ class TestConfig:
             SipConfig.model_validate(options)
 
     def test_schema_is_bounded(self) -> None:
-        props = SipConfig.model_json_schema()["properties"]
+        schema = SipConfig.model_json_schema(by_alias=False)
+        props = schema["properties"]
         assert props["ports"]["maxItems"] == 32
         assert props["ports"]["items"]["maximum"] == 65535
         assert props["max_message_size"]["maximum"] == 1 << 20
-        assert SipConfig.model_json_schema()["additionalProperties"] is False
+        assert schema["additionalProperties"] is False
+        defs = schema["$defs"]
+        for model in ("TcpConfig", "DedupConfig"):
+            assert defs[model]["additionalProperties"] is False
+            for name, prop in defs[model]["properties"].items():
+                if prop.get("type") == "integer":
+                    assert "minimum" in prop and "maximum" in prop, (model, name)
 
 
 class TestCanHandle:
@@ -211,55 +242,84 @@ class TestCounters:
 
 
 class TestTcpSegments:
-    def seg(self, payload: bytes) -> DecodedPacket:
-        return pkt(payload, transport=IPPROTO_TCP)
+    """Segments of one TCP stream (consecutive sequence numbers); the stream layer is in
+    test_stream.py, these are the parser-level outcomes."""
+
+    def run_stream(self, p: SipParser, *payloads: bytes) -> list[OutputPacket]:
+        out: list[OutputPacket] = []
+        syn = pkt(b"", transport=IPPROTO_TCP)
+        syn.tcp_seq, syn.tcp_flags = 999, 0x02
+        assert p.can_handle(syn)
+        p.handle(syn, out)
+        seq = 1000
+        for i, payload in enumerate(payloads):
+            x = pkt(payload, transport=IPPROTO_TCP)
+            x.ts_us += i
+            x.tcp_seq = seq
+            seq += len(payload)
+            if p.can_handle(x):
+                p.handle(x, out)
+        return out
+
+    def parse_counts(self, p: SipParser) -> dict[str, int]:
+        return {k: v for k, v in nonzero(p).items() if k.startswith(("parse.", "sip."))}
 
     def test_several_whole_messages(self) -> None:
         p = parser()
-        out = run(p, self.seg(OPTIONS + b"\r\n" + INVITE_SDP + OK_3VIA))
+        out = self.run_stream(p, OPTIONS + b"\r\n" + INVITE_SDP + OK_3VIA)
         assert [o.payload["method"] for o in out] == ["OPTIONS", "INVITE", None]
         assert all(o.transport == IPPROTO_TCP for o in out)
         assert out[1].payload["sdp"]["media"][0]["port"] == 49172
-        assert nonzero(p) == {
+        assert self.parse_counts(p) == {
             "parse.messages": 3,
             "sip.request.OPTIONS": 1,
             "sip.request.INVITE": 1,
             "sip.response.2xx": 1,
         }
 
-    def test_whole_then_partial(self) -> None:
+    def test_whole_then_rest_in_the_next_segment(self) -> None:
         p = parser()
-        out = run(p, self.seg(REGISTER + INVITE_SDP[:300]))
-        assert [o.payload["method"] for o in out] == ["REGISTER"]
-        assert nonzero(p) == {
-            "parse.messages": 1,
-            "sip.request.REGISTER": 1,
-            "parse.drop.tcp_partial": 1,
-        }
+        out = self.run_stream(p, REGISTER + INVITE_SDP[:300], INVITE_SDP[300:])
+        assert [o.payload["method"] for o in out] == ["REGISTER", "INVITE"]
+        assert out[1].ts_us == out[0].ts_us + 1  # the segment that completed it
 
-    def test_body_not_all_there(self) -> None:
+    def test_incomplete_at_the_end_is_held(self) -> None:
         p = parser()
-        assert run(p, self.seg(INVITE_SDP[:-20])) == []
-        assert nonzero(p) == {"parse.drop.tcp_partial": 1}
+        assert self.run_stream(p, INVITE_SDP[:-20]) == []
+        assert p.stats()["tcp.buffered_bytes"] == len(INVITE_SDP) - 20
+        out: list[OutputPacket] = []
+        p.drain(out)  # the capture ends: the partial message is counted, not reported
+        assert out == []
+        assert self.parse_counts(p) == {"parse.drop.tcp_closed": 1}
+        assert p.stats()["tcp.buffered_bytes"] == 0
 
-    def test_continuation_segment(self) -> None:
+    def test_continuation_without_a_start(self) -> None:
         p = parser()
-        assert run(p, self.seg(INVITE_SDP[400:])) == []
-        assert nonzero(p) == {"parse.drop.tcp_partial": 1}
+        x = pkt(INVITE_SDP[400:], transport=IPPROTO_TCP)  # the capture started mid-message
+        out: list[OutputPacket] = []
+        p.handle(x, out)
+        assert out == []
+        assert self.parse_counts(p) == {"parse.drop.tcp_resync": 1}
+        assert p.stats()["tcp.bytes_skipped"] > 0
 
     def test_no_content_length(self) -> None:
         p = parser()
         no_len = build("OPTIONS sip:b@y SIP/2.0", ["Call-ID: x"], content_length=False)
-        assert run(p, self.seg(no_len + OPTIONS)) == []
-        assert nonzero(p) == {"parse.drop.tcp_framing": 1}
+        out = self.run_stream(p, no_len + OPTIONS)
+        assert [o.payload["method"] for o in out] == ["OPTIONS"]  # resynchronised after it
+        assert self.parse_counts(p) == {
+            "parse.drop.tcp_framing": 1,
+            "parse.messages": 1,
+            "sip.request.OPTIONS": 1,
+        }
 
     def test_compact_length_and_bad_messages_inside(self) -> None:
         p = parser()
         compact = OPTIONS.replace(b"Content-Length: 0", b"l:0")
         bad = build("OPTIONS sip:b@y SIP/2.0", ["Call-ID: x"])
-        out = run(p, self.seg(compact + bad + OPTIONS))
+        out = self.run_stream(p, compact + bad + OPTIONS)
         assert len(out) == 2
-        assert nonzero(p) == {
+        assert self.parse_counts(p) == {
             "parse.messages": 2,
             "sip.request.OPTIONS": 2,
             "parse.drop.missing_header": 1,
@@ -267,16 +327,17 @@ class TestTcpSegments:
 
     def test_keepalives(self) -> None:
         p = parser()
-        assert run(p, self.seg(b"\r\n\r\n"), self.seg(b"\r\n")) == []
-        assert run(p, self.seg(b"\r\n\r\n" + OPTIONS + b"\r\n"))[0].payload["method"] == "OPTIONS"
-        assert nonzero(p) == {
+        out = self.run_stream(p, b"\r\n\r\n", b"\r\n", b"\r\n\r\n" + OPTIONS + b"\r\n")
+        assert [o.payload["method"] for o in out] == ["OPTIONS"]
+        assert self.parse_counts(p) == {
             "parse.drop.keepalive": 2,
             "parse.messages": 1,
             "sip.request.OPTIONS": 1,
         }
+        assert p.stats()["tcp.bytes_keepalive"] == 12
 
     def test_oversized_message_in_segment(self) -> None:
         p = parser(max_message_size=600)
-        out = run(p, self.seg(INVITE_SDP + OPTIONS))
+        out = self.run_stream(p, INVITE_SDP + OPTIONS)
         assert [o.payload["method"] for o in out] == ["OPTIONS"]
         assert p.stats()["parse.drop.too_large"] == 1

@@ -149,18 +149,38 @@ def test_plugin_counts_every_datagram_once(data: bytes) -> None:
     assert p.stats()["parse.drop.error"] == 0
 
 
+TCP_BYTE_ENDS = (
+    "tcp.bytes_sip",
+    "tcp.bytes_keepalive",
+    "tcp.bytes_websocket",
+    "tcp.bytes_duplicate",
+    "tcp.bytes_skipped",
+    "tcp.bytes_dropped",
+    "tcp.buffered_bytes",
+)
+
+
 @SETTINGS
 @given(st.lists(st.one_of(mutated(), st.binary(max_size=80)), min_size=1, max_size=4))
-def test_plugin_counts_every_segment(parts: list[bytes]) -> None:
+def test_plugin_accounts_every_stream_byte(parts: list[bytes]) -> None:
+    """Segments of one stream: every byte lands in one tcp.* end; every cut message once."""
     p = SipParser(SipConfig(), PluginContext())
     out: list[OutputPacket] = []
-    data = b"".join(parts)
-    pkt = DecodedPacket(1, "10.0.0.1", "10.0.0.2", 5070, 5060, IPPROTO_TCP, data)
-    if p.can_handle(pkt):
-        p.handle(pkt, out)
+    seq = 7
+    for i, data in enumerate(parts):
+        pkt = DecodedPacket(1 + i, "10.0.0.1", "10.0.0.2", 5070, 5060, IPPROTO_TCP, data, None, seq)
+        seq += len(data)
+        if p.can_handle(pkt):
+            p.handle(pkt, out)
+    p.drain(out)
+    s = p.stats()
+    assert s["tcp.bytes"] == sum(len(x) for x in parts)
+    assert s["tcp.bytes"] == sum(s[k] for k in TCP_BYTE_ENDS)
+    assert s["tcp.buffered_bytes"] == 0  # drained
+    assert len(out) == s["parse.messages"]
+    assert s["parse.drop.error"] == 0
+    if s["tcp.bytes_sip"]:
         assert counted(p) >= 1
-    assert len(out) == p.stats()["parse.messages"]
-    assert p.stats()["parse.drop.error"] == 0
 
 
 @SETTINGS
