@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import shutil
 import sys
 
 # "live" needs root (network namespaces, AF_PACKET), tcpreplay and tcpdump.
@@ -12,9 +13,20 @@ import sys
 CASES = {"offline": "bench.offline", "live": "bench.afpacket", "kafka": "bench.kafka_reporter"}
 
 
+def _default_cases() -> list[str]:
+    names = ["offline"]
+    if os.geteuid() == 0:
+        names.append("live")
+    if shutil.which("java"):
+        names.append("kafka")
+    else:
+        print("# kafka case skipped: no java on PATH (the local broker needs Java 17+)")
+    return names
+
+
 def main(argv: list[str]) -> int:
-    """Run the named cases (default: offline, and live when root)."""
-    names = argv or (["offline", "live"] if os.geteuid() == 0 else ["offline"])
+    """Run the named cases (default: offline, live when root, kafka when Java is present)."""
+    names = argv or _default_cases()
     impl = f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})"
     print(f"# otus bench on {impl}; offline cases on a single core")
     for name in names:

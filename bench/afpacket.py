@@ -270,7 +270,7 @@ def _otus_full(pcap: Path, task: Path, loops: int, pps: int) -> Run:
     if not found:
         raise RuntimeError(f"otus run printed no summary: {err[-2000:]}")
     s = {k: int(v) for k, v in (kv.split("=", 1) for kv in found[-1].split())}
-    lost = s.get("capture.kernel", 0) + s.get("capture.shutdown", 0)
+    lost = s.get("capture.kernel_drops", 0) + s.get("capture.shutdown", 0)
     return Run("otus full", str(pps), sent, secs, s["packets"], lost, cpu)
 
 

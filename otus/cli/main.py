@@ -34,8 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Capture SIP signalling and stream it, parsed.",
         epilog="Control commands find the daemon's socket from --socket, $OTUS_SOCKET, the "
         "config's daemon.socket_path (--config, $OTUS_CONFIG, /etc/otus/otus.yaml), else "
-        "/run/otus/otus.sock. Exit codes: 0 ok, 1 failed, 2 usage or invalid input, "
-        "3 daemon not running (`otus fleet`: no Kafka broker reachable).",
+        "/run/otus/otus.sock. Exit codes: 0 ok, 1 failed, 2 usage or invalid input (an "
+        "unknown interface or an invalid BPF filter too), 3 daemon not running (`otus fleet`: "
+        "no Kafka broker reachable), 130 `otus run` stopped by a second SIGINT/SIGTERM.",
     )
     p.add_argument("--version", action="version", version=f"otus {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
+from types import FrameType
 from typing import Any
 
-from otus.core.errors import ConfigError
+from otus.core.errors import CaptureInputError, ConfigError
 from otus.core.stats import format_summary
 from otus.pipeline.spec import load_task, parse_task
 from otus.task.runner import TaskRunner
 
-__all__ = ["build_spec", "register"]
+__all__ = ["EXIT_INTERRUPTED", "build_spec", "check_capture", "register"]
+
+EXIT_INTERRUPTED = 130  # a second SIGINT/SIGTERM: stopped at once, reporters not flushed
 
 
 def register(sub: Any) -> None:
@@ -22,13 +26,18 @@ def register(sub: Any) -> None:
         "run",
         help="run one capture task in the foreground",
         description="Run one task in the foreground: from a capture file (-r) to its end, or "
-        "live from an interface (-i) until SIGINT/SIGTERM or a limit.",
+        "live from an interface (-i) until SIGINT/SIGTERM or a limit. A second SIGINT/SIGTERM "
+        "stops at once, without flushing the reporters (exit 130).",
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("-r", "--read", metavar="FILE", help="read a pcap/pcapng file")
     src.add_argument("-i", "--interface", metavar="IFACE", help="capture live (needs CAP_NET_RAW)")
-    p.add_argument("-f", "--filter", metavar="BPF", help="BPF filter in tcpdump syntax (live)")
-    p.add_argument("--workers", type=int, metavar="N", help="fanout worker processes (live)")
+    p.add_argument(
+        "-f", "--filter", metavar="BPF", help="BPF filter in tcpdump syntax (live: -i or --task)"
+    )
+    p.add_argument(
+        "--workers", type=int, metavar="N", help="fanout worker processes (live: -i or --task)"
+    )
     p.add_argument("--task", metavar="TASK.yaml", help="task spec (YAML or JSON)")
     p.add_argument(
         "--format",
@@ -57,16 +66,19 @@ def build_spec(args: argparse.Namespace) -> Any:
             else {}
         )
         cap.update(type="afpacket", interfaces=[args.interface])
+        data["capture"] = cap
+    elif "capture" not in data:
+        raise ConfigError("nothing to capture: give -r FILE, -i IFACE or --task with a capture")
+    if args.filter is not None or args.workers is not None:
+        # -i, or the task's own afpacket capture: either way these override the task's values.
+        if data["capture"].get("type") != "afpacket":
+            raise ConfigError("-f and --workers apply to live capture (-i, or a task's afpacket)")
+        cap = dict(data["capture"])
         if args.filter is not None:
             cap["bpf_filter"] = args.filter
         if args.workers is not None:
             cap["fanout_size"] = args.workers
         data["capture"] = cap
-    elif "capture" not in data:
-        raise ConfigError("nothing to capture: give -r FILE, -i IFACE or --task with a capture")
-    live_opts = args.filter is not None or args.workers is not None
-    if live_opts and not args.interface and data["capture"].get("type") != "afpacket":
-        raise ConfigError("-f and --workers apply to live capture (-i)")
     if not args.task:
         data["reporters"] = [{"type": "console", "config": {"format": fmt}}]
     elif args.format:
@@ -83,21 +95,47 @@ def build_spec(args: argparse.Namespace) -> Any:
     return parse_task(data, args.task or "command line")
 
 
+def check_capture(spec: Any) -> None:
+    """An unknown interface or an invalid filter is a usage error, found before anything starts."""
+    if spec.capture.type != "afpacket":
+        return
+    from otus.plugins.capture.afpacket import check  # noqa: PLC0415 - only live capture needs it
+
+    try:
+        check(spec.capture)
+    except CaptureInputError as e:
+        raise ConfigError(f"task {spec.id}: {e}") from None
+
+
 async def _run(args: argparse.Namespace) -> int:
     spec = build_spec(args)
+    check_capture(spec)
     runner = TaskRunner(spec)
     loop = asyncio.get_running_loop()
     interrupted = 0
 
-    def on_signal() -> None:
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        # A plain signal handler, not loop.add_signal_handler: it runs even while the loop is
+        # stuck (a blocking write to a full stdout pipe), so the second signal always works.
         nonlocal interrupted
         interrupted += 1
-        runner.request_stop()
+        if interrupted == 1:
+            loop.call_soon_threadsafe(runner.request_stop)  # reporters flush, summary follows
+            return
+        # Second signal: kill the workers and leave now, whatever is blocked (os.write: the
+        # handler may have interrupted a write to sys.stderr).
+        runner.kill()
+        why = f"{signal.Signals(signum).name} again: stopped without flushing the reporters"
+        os.write(2, f"otus: {format_summary(runner.stats())}\notus: {why}\n".encode())
+        os._exit(EXIT_INTERRUPTED)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
-    await runner.start()
-    stats = await runner.wait()
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        await runner.start()
+        stats = await runner.wait()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
     print(f"otus: {format_summary(stats)}", file=sys.stderr)
     if runner.error:
         print(f"otus: task failed: {runner.error}", file=sys.stderr)

@@ -23,6 +23,8 @@ implementation-defined server errors (-32000 to -32099):
 -32004   TASK_START_FAILED    the task could not start (nothing of it is left)
 -32005   INVALID_SPEC         the task spec is invalid; ``data`` lists one line per problem
 -32006   INVALID_CONFIG       ``daemon.reload``: the config file is invalid (old one kept)
+-32007   TOO_MANY_CLIENTS     the control socket has ``max_clients`` connections open; the
+                              new one gets this reply and is closed (retry later)
 =======  ===================  ====================================================
 """
 
@@ -59,6 +61,7 @@ __all__ = [
     "TASK_LIMIT",
     "TASK_NOT_FOUND",
     "TASK_START_FAILED",
+    "TOO_MANY_CLIENTS",
     "InvalidParamsError",
     "MethodNotFoundError",
     "Request",
@@ -82,6 +85,7 @@ TASK_LIMIT = -32003
 TASK_START_FAILED = -32004
 INVALID_SPEC = -32005
 INVALID_CONFIG = -32006
+TOO_MANY_CLIENTS = -32007
 
 MAX_BATCH = 128
 

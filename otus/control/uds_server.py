@@ -5,7 +5,7 @@
   a live one makes :meth:`UdsServer.start` fail with a clear message.
 - Every connection is served by its own task in the server's task group; requests on one
   connection are answered in order; at most ``max_clients`` connections at once (one more gets
-  an error reply and is closed).
+  a ``-32007`` too-many-clients reply and is closed).
 - A request line over ``max_request_bytes`` gets ``-32600`` and the connection is closed (its
   framing is lost); an idle connection is closed after ``idle_timeout_s``.
 - Malformed input never ends the server: each connection's failures stay in that connection.
@@ -27,7 +27,13 @@ from typing import Any
 
 import structlog
 
-from otus.control.jsonrpc import INVALID_REQUEST, SHUTTING_DOWN, encode, error_response
+from otus.control.jsonrpc import (
+    INVALID_REQUEST,
+    SHUTTING_DOWN,
+    TOO_MANY_CLIENTS,
+    encode,
+    error_response,
+)
 from otus.control.jsonrpc import handle_payload as _handle
 from otus.core.errors import ControlError
 
@@ -166,9 +172,13 @@ class UdsServer:
         self.connections_total += 1
         if self._clients >= self.max_clients or not self.accepting:
             self.rejected_total += 1
-            why = "too many clients" if self.accepting else "the daemon is shutting down"
+            code, why = (
+                (TOO_MANY_CLIENTS, "too many clients")
+                if self.accepting
+                else (SHUTTING_DOWN, "the daemon is shutting down")
+            )
             with contextlib.suppress(Exception):
-                writer.write(encode(error_response(None, SHUTTING_DOWN, why)))
+                writer.write(encode(error_response(None, code, why)))
                 await asyncio.wait_for(writer.drain(), 1.0)
             writer.close()
             return

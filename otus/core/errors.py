@@ -8,6 +8,7 @@ Every error Otus raises on purpose derives from :class:`OtusError`::
     ├── PluginError              a plugin could not be built or started
     │   ├── PluginNotFoundError  no plugin of that kind has that name
     │   └── CaptureError         a capture source cannot open (no file, no CAP_NET_RAW, bad BPF)
+    │       └── CaptureInputError    the user's input is wrong: unknown interface, invalid filter
     ├── PipelineError            a running pipeline failed
     ├── TaskError                the task manager refused or failed an operation
     │   ├── TaskNotFoundError
@@ -17,7 +18,10 @@ Every error Otus raises on purpose derives from :class:`OtusError`::
     ├── ControlError             a control-plane request failed
     │   ├── DaemonNotRunningError   nobody listens on the control socket
     │   └── RpcError             the daemon answered with a JSON-RPC error (code, message, data)
-    └── ReporterError            a reporter cannot deliver (for example Kafka unreachable at start)
+    └── ReporterError            a reporter cannot be set up (for example Kafka's TLS or password
+                                 files unreadable, or a compression codec missing); an unreachable
+                                 broker is not one: the Kafka reporter connects in the background
+                                 and buffers, counting ``report.kafka.connect_failed``
 
 Malformed packets are not errors: the decoder and parsers count them by reason and move on,
 so nothing raises out of the data path.
@@ -29,6 +33,7 @@ from typing import Any
 
 __all__ = [
     "CaptureError",
+    "CaptureInputError",
     "ConfigError",
     "ControlError",
     "DaemonNotRunningError",
@@ -80,6 +85,13 @@ class CaptureError(PluginError):
     """A capture source cannot be opened."""
 
 
+class CaptureInputError(CaptureError):
+    """The capture's input names something wrong: an unknown interface, an invalid BPF filter.
+
+    Found before any socket exists; ``otus run`` reports it as a usage error (exit 2).
+    """
+
+
 class PipelineError(OtusError):
     """A running pipeline failed."""
 
@@ -123,4 +135,4 @@ class RpcError(ControlError):
 
 
 class ReporterError(OtusError):
-    """A reporter cannot deliver."""
+    """A reporter cannot be set up (bad TLS or password files, a missing codec)."""

@@ -69,6 +69,9 @@ def drops(stats: Mapping[str, int]) -> Stats:
 # Drop counters the summary shows even at zero when a stage reports them: a live capture's
 # first question is whether the kernel lost anything.
 ALWAYS_SHOWN = frozenset({"capture.drop.kernel"})
+# Summary names of drop reasons whose ``<stage>.<reason>`` reads like a throughput counter
+# (``capture.kernel`` next to ``capture.kernel_packets``).
+_SUMMARY_NAMES = {"capture.kernel": "capture.kernel_drops"}
 
 _HEADLINE = (
     ("capture.packets", "packets"),
@@ -80,13 +83,17 @@ _HEADLINE = (
 
 
 def format_summary(stats: Mapping[str, int]) -> str:
-    """One line: the headline counts, every non-zero drop reason (and ALWAYS_SHOWN), the rest."""
+    """One line: the headline counts, every non-zero drop reason (and ALWAYS_SHOWN), the rest.
+
+    A drop reason shows as ``<stage>.<reason>`` (``capture.shutdown``, ``parse.duplicate``),
+    except kernel drops: ``capture.kernel_drops`` (``capture.drop.kernel``).
+    """
     parts = [f"{label}={stats.get(key, 0)}" for key, label in _HEADLINE]
     d = drops(stats)
     for key in ALWAYS_SHOWN & stats.keys():
         d.setdefault(key.replace(DROP, ".", 1), 0)
     parts.append("dropped=" + str(sum(d.values())))
-    parts.extend(f"{k}={v}" for k, v in sorted(d.items()))
+    parts.extend(f"{_SUMMARY_NAMES.get(k, k)}={v}" for k, v in sorted(d.items()))
     shown = {k for k, _ in _HEADLINE}
     parts.extend(
         f"{k}={v}" for k, v in sorted(stats.items()) if k not in shown and DROP not in k and v

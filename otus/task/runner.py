@@ -90,7 +90,8 @@ class TaskRunner:
         self.spec = spec
         self.agent_id = agent_id
         self.workers = [WorkerState(i) for i in range(worker_count(spec))]
-        # One worker reading a file runs in this process; live capture always gets processes.
+        # By default one worker (a file, or a live capture with fanout_size 1) runs in this
+        # process and several get one process each; the daemon asks for processes always.
         self.inline = (len(self.workers) == 1) if inline is None else inline
         self.on_change = on_change
         self._pipeline: Pipeline | None = None
@@ -118,7 +119,9 @@ class TaskRunner:
             raise
 
     async def _start_processes(self) -> None:
-        data = self.spec.model_dump(mode="json")
+        # Only what was set: the workers' specs then tell defaults from explicit values, as
+        # this process's does (the snap_len warning depends on it).
+        data = self.spec.model_dump(mode="json", exclude_unset=True)
         loop = asyncio.get_running_loop()
         level = _shared_level()
         n = len(self.workers)

@@ -116,6 +116,20 @@ def test_operator_deployment(helm: Path) -> None:
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
 
 
+def test_operator_log_levels_are_those_its_cli_has(helm: Path) -> None:
+    """info (the default) or debug (--verbose); the operator has no warning/error level."""
+    (dep,) = by_kind(template(helm, "--set", "operator.logLevel=debug"), "Deployment")
+    assert "--verbose" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    (dep,) = by_kind(template(helm), "Deployment")
+    assert "--verbose" not in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    for level in ("warning", "error"):
+        proc = subprocess.run(
+            [str(helm), "template", "x", str(CHART), "--set", f"operator.logLevel={level}"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert proc.returncode != 0 and "logLevel" in proc.stderr, proc.stderr
+
+
 def rules(docs: list[dict[str, Any]], kind: str, name: str) -> list[dict[str, Any]]:
     (obj,) = [d for d in by_kind(docs, kind) if d["metadata"]["name"] == name]
     return list(obj["rules"])

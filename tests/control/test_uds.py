@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from otus.control.jsonrpc import TOO_MANY_CLIENTS
 from otus.control.uds_server import UdsServer, socket_in_use
 from otus.core.errors import ControlError
 
@@ -63,7 +64,8 @@ async def test_too_many_clients_get_an_error(server: UdsServer) -> None:
     held = [await asyncio.open_unix_connection(str(server.path)) for _ in range(4)]
     await asyncio.sleep(0.1)
     (r,) = await request(server.path, b'{"jsonrpc":"2.0","method":"x","id":1}\n')
-    assert r["error"]["code"] == -32000 and "too many clients" in r["error"]["message"]
+    assert r["error"]["code"] == TOO_MANY_CLIENTS == -32007
+    assert "too many clients" in r["error"]["message"]
     for _, w in held:
         w.close()
     await asyncio.sleep(0.1)

@@ -32,11 +32,16 @@ How it behaves (ring sizes and their memory cost are in :mod:`.config`):
   unread at close; ``capture.kernel_freezes``. kernel_packets = packets + both drops.
 - **Interfaces** resolve through pyroute2: unknown is an error, down is a warning (capture starts
   when it comes up). Promiscuous mode lasts as long as the socket. Needs CAP_NET_RAW.
+  :func:`check` runs the interface lookup and the filter compilation alone, without privilege
+  (``otus run`` calls it first so that those input errors are usage errors).
+- **snap_len** shorter than an interface's MTU plus its link header is a warning only when set
+  explicitly: the default 65535 keeps whole frames except on ``lo`` (MTU 65536), where a
+  frame over 65535 bytes (an IP packet near the 65535-byte maximum) loses its last bytes.
 """
 
 from __future__ import annotations
 
-from .capturer import AfpacketCapturer
+from .capturer import AfpacketCapturer, check
 from .config import DEFAULT_FILTER, DEFAULT_FILTER_COOKED, SIP_FILTER, AfpacketConfig
 
 __all__ = [
@@ -45,4 +50,5 @@ __all__ = [
     "SIP_FILTER",
     "AfpacketCapturer",
     "AfpacketConfig",
+    "check",
 ]

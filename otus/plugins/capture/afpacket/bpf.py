@@ -15,7 +15,7 @@ import socket
 import threading
 from collections.abc import Sequence
 
-from otus.core.errors import CaptureError
+from otus.core.errors import CaptureError, CaptureInputError
 from otus.core.packet import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2
 
 from .consts import (
@@ -135,7 +135,7 @@ def compile_filter(expr: str, linktype: int, snaplen: int) -> list[Insn]:
             )
             if rc != 0:
                 msg = (lib.pcap_geterr(handle) or b"unknown error").decode(errors="replace")
-                raise CaptureError(f"invalid BPF filter {expr!r}: {msg}")
+                raise CaptureInputError(f"invalid BPF filter {expr!r}: {msg}")
             try:
                 insns = [
                     (i.code, i.jt, i.jf, i.k)
@@ -163,7 +163,7 @@ def _uncook(insns: list[Insn], expr: str) -> list[Insn]:
             elif mode == BPF_ABS and cls == BPF_LD and k in _SLL2_FIELDS:
                 k = SKF_AD_OFF + _SLL2_FIELDS[k]
             else:
-                raise CaptureError(
+                raise CaptureInputError(
                     f"BPF filter {expr!r} reads link-layer header bytes that a cooked (any) "
                     "capture does not have in the kernel; filter on the protocol, ifindex, "
                     "direction or anything from the network header on"

@@ -43,7 +43,7 @@ from .fanout import flow_hash_program
 from .iface import Interface, resolve
 from .ring import Ring
 
-__all__ = ["AfpacketCapturer"]
+__all__ = ["AfpacketCapturer", "check"]
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +73,17 @@ class AfpacketCapturer:
                 # Not an error: the kernel hooks the socket up when the link comes up, and an
                 # agent started before its interfaces should not need a restart.
                 log.warning("interface %s is down; capture starts when it comes up", i.name)
-            if config.snap_len < i.mtu + _MAX_LINK_HDR:
+            # Only a snap_len the user chose is worth a warning: the default (65535) is one
+            # short of lo's MTU (65536) and would warn on every loopback capture.
+            explicit = "snap_len" in config.model_fields_set
+            if explicit and config.snap_len < i.mtu + _MAX_LINK_HDR:
                 log.warning(
                     "snap_len %d < MTU %d of %s plus its header: longer frames are cut",
                     config.snap_len,
                     i.mtu,
                     i.name,
                 )
-        cooked = any_mode or any(i.hatype not in ETHERNET_HATYPES for i in ifaces)
+        cooked = _cooked(any_mode, ifaces)
         self.linktype = LINKTYPE_LINUX_SLL2 if cooked else LINKTYPE_ETHERNET
         self.ifindex = ifaces[0].index if len(ifaces) == 1 else 0
         self._program = self._build_program(ifaces, any_mode, cooked)
@@ -299,6 +302,24 @@ class AfpacketCapturer:
         self._close_done.set()
 
 
+def check(config: AfpacketConfig) -> None:
+    """Resolve the interfaces and compile the filter, as a capturer would, with no socket.
+
+    Needs no privilege. An unknown interface or an invalid filter raises
+    :class:`~otus.core.errors.CaptureInputError`; other failures :class:`CaptureError`.
+    """
+    any_mode = config.interfaces == ["any"]
+    ifaces = [] if any_mode else resolve(list(config.interfaces))
+    cooked = _cooked(any_mode, ifaces)
+    linktype = LINKTYPE_LINUX_SLL2 if cooked else LINKTYPE_ETHERNET
+    bpf.compile_filter(config.filter_for(cooked), linktype, config.snap_len)
+
+
+def _cooked(any_mode: bool, ifaces: list[Interface]) -> bool:
+    """Linux cooked (SOCK_DGRAM) for ``any`` and for devices without an Ethernet header."""
+    return any_mode or any(i.hatype not in ETHERNET_HATYPES for i in ifaces)
+
+
 def _open_socket(cooked: bool) -> socket.socket:
     """An AF_PACKET socket with protocol 0, so it receives nothing until bound."""
     kind = socket.SOCK_DGRAM if cooked else socket.SOCK_RAW
@@ -306,8 +327,10 @@ def _open_socket(cooked: bool) -> socket.socket:
         return socket.socket(socket.AF_PACKET, kind, 0)
     except PermissionError as e:
         raise CaptureError(
-            "live capture needs CAP_NET_RAW: run as root or grant it "
-            "(setcap cap_net_raw+ep, or securityContext.capabilities.add: [NET_RAW])"
+            "live capture needs CAP_NET_RAW: run as root, or grant it to the systemd unit "
+            "(AmbientCapabilities=CAP_NET_RAW), the container (securityContext.capabilities."
+            "add: [NET_RAW]) or the Python interpreter binary (setcap cap_net_raw+ep on the "
+            "real python file; setcap on the otus script does nothing)"
         ) from e
     except OSError as e:
         raise CaptureError(f"cannot open an AF_PACKET socket: {e.strerror or e}") from e

@@ -12,7 +12,9 @@ Defaults and what they cost:
   costs latency; a shorter one the reverse. At high rates blocks fill before the timeout and
   the ring holds 32 MiB (about 0.3 s at 100 MB/s).
 - ``snap_len`` 65535 keeps whole frames (GRO on a real NIC can hand up to 64 KiB); a frame never
-  spans blocks, so ``block_size`` must exceed ``snap_len`` plus ~130 bytes of headers.
+  spans blocks, so ``block_size`` must exceed ``snap_len`` plus ~130 bytes of headers. A
+  snap_len under an interface's MTU plus its header is logged only when set explicitly (the
+  default is one byte short of ``lo``'s 65536: no warning on every loopback capture).
 - ``bpf_filter`` null means :data:`DEFAULT_FILTER` (:data:`DEFAULT_FILTER_COOKED` for ``any``):
   SIP ports plus every IP fragment, tagged or not.
 """

@@ -6,7 +6,7 @@ import asyncio
 import concurrent.futures
 from dataclasses import dataclass
 
-from otus.core.errors import CaptureError
+from otus.core.errors import CaptureError, CaptureInputError
 
 from .consts import IFF_UP
 
@@ -25,7 +25,7 @@ class Interface:
 
 
 def resolve(names: list[str]) -> list[Interface]:
-    """Look up every named interface; an unknown name is a :class:`CaptureError`."""
+    """Look up every named interface; an unknown name is a :class:`CaptureInputError`."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -48,7 +48,7 @@ def _resolve(names: list[str]) -> list[Interface]:
             for name in names:
                 idx = ipr.link_lookup(ifname=name)
                 if not idx:
-                    raise CaptureError(f"interface {name} not found")
+                    raise CaptureInputError(f"interface {name} not found")
                 link = ipr.get_links(idx[0])[0]
                 out.append(
                     Interface(

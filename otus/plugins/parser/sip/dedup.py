@@ -6,8 +6,9 @@ bytes (their hash) with its source and destination address and port, so two copi
 whatever their encapsulation; a key seen again within ``window_us`` (packet time) is a
 duplicate. SIP's own retransmissions (T1 = 500 ms) fall outside the default 200 ms window
 and are kept: they are real signalling. Memory is bounded by ``max_entries`` (oldest forgotten
-first). TCP needs none of this: both copies of a segment land in the same stream, where the
-second is a retransmission.
+first). When enabled it applies to every message, UDP or TCP: each message a TCP stream
+delivers is checked too. A copied TCP segment rarely gets that far, since both copies land in
+the same stream, which drops the second as a retransmission (``parse.drop.tcp_retransmit``).
 """
 
 from __future__ import annotations

@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from otus.core.errors import CaptureError
+from otus.core.errors import CaptureInputError
 from otus.core.packet import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2
 from otus.plugins.base import PluginContext
-from otus.plugins.capture.afpacket import AfpacketCapturer, AfpacketConfig
+from otus.plugins.capture.afpacket import AfpacketCapturer, AfpacketConfig, check
 from tests.infra.netns import kernel_vlan_supported, sip_topology, veth
 from tests.infra.skips import requires_root
 
@@ -293,13 +293,28 @@ async def test_close_before_and_twice() -> None:
 
 
 def test_unknown_interface_is_a_clear_error() -> None:
-    with pytest.raises(CaptureError, match="interface nope0 not found"):
-        AfpacketCapturer(AfpacketConfig(interfaces=["nope0"]), PluginContext())
+    for build in (check, lambda c: AfpacketCapturer(c, PluginContext())):
+        with pytest.raises(CaptureInputError, match="interface nope0 not found"):
+            build(AfpacketConfig(interfaces=["nope0"]))
 
 
 def test_invalid_filter_fails_before_any_socket() -> None:
-    with pytest.raises(CaptureError, match=r"invalid BPF filter 'udp port': .*syntax error"):
-        AfpacketCapturer(AfpacketConfig(interfaces=["lo"], bpf_filter="udp port"), PluginContext())
+    for build in (check, lambda c: AfpacketCapturer(c, PluginContext())):
+        with pytest.raises(CaptureInputError, match=r"invalid BPF filter 'udp port': .*syntax"):
+            build(AfpacketConfig(interfaces=["lo"], bpf_filter="udp port"))
+
+
+async def test_snap_len_under_the_mtu_warns_only_when_set(caplog: pytest.LogCaptureFixture) -> None:
+    """lo's MTU is 65536: the default snap_len (65535) is no reason to warn on every run."""
+    for config, warned in (
+        (AfpacketConfig(interfaces=["lo"]), False),
+        (AfpacketConfig(interfaces=["lo"], snap_len=65535), True),
+        (AfpacketConfig(interfaces=["lo"], snap_len=1500), True),
+    ):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            await AfpacketCapturer(config, PluginContext()).close()
+        assert ("snap_len" in caplog.text) is warned, caplog.text
 
 
 _NO_RAW = """
@@ -323,3 +338,6 @@ def test_without_cap_net_raw_the_error_says_so() -> None:
         check=True,
     )
     assert "needs CAP_NET_RAW" in out.stdout, out.stdout + out.stderr
+    # setcap on the otus console script does nothing: say what does
+    assert "AmbientCapabilities=CAP_NET_RAW" in out.stdout
+    assert "Python interpreter binary" in out.stdout

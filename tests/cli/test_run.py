@@ -1,0 +1,105 @@
+"""`otus run`: how the command line and a task file combine, usage errors, a forced stop."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+
+from otus.cli.main import build_parser, main
+from otus.cli.run import EXIT_INTERRUPTED, build_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "sipp-uac-uas.pcap"
+
+
+def _spec(*argv: str) -> object:
+    return build_spec(build_parser().parse_args(["run", *argv]))
+
+
+def test_filter_and_workers_override_a_task_s_afpacket_capture(tmp_path: Path) -> None:
+    task = tmp_path / "live.yaml"
+    task.write_text(
+        "id: live\ncapture: {type: afpacket, interfaces: [eth9], bpf_filter: 'udp', "
+        "fanout_size: 4}\n"
+    )
+    cap = _spec("--task", str(task), "-f", "udp port 5080", "--workers", "2").capture  # type: ignore[attr-defined]
+    assert (cap.interfaces, cap.bpf_filter, cap.fanout_size) == (["eth9"], "udp port 5080", 2)
+    cap = _spec("--task", str(task)).capture  # type: ignore[attr-defined]
+    assert (cap.bpf_filter, cap.fanout_size) == ("udp", 4)
+
+
+@pytest.mark.parametrize("opt", [["-f", "udp"], ["--workers", "2"]])
+def test_live_options_with_a_capture_file_are_a_usage_error(
+    opt: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    task = tmp_path / "file.yaml"
+    task.write_text(f"id: file\ncapture: {{type: pcap, path: {EXAMPLE}}}\n")
+    for source in (["--task", str(task)], ["-r", str(EXAMPLE)]):
+        assert main(["run", *source, *opt]) == 2
+        err = capsys.readouterr().err
+        assert err == "otus: -f and --workers apply to live capture (-i, or a task's afpacket)\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-i", "nope0"], "otus: task run: interface nope0 not found\n"),
+        (
+            ["-i", "lo", "-f", "udp port"],
+            "otus: task run: invalid BPF filter 'udp port': "
+            "can't parse filter expression: syntax error\n",
+        ),
+    ],
+    ids=["unknown-interface", "invalid-filter"],
+)
+def test_bad_interface_or_filter_is_a_usage_error(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", *argv, "--duration", "0.1"]) == 2
+    assert capsys.readouterr().err == message
+
+
+def test_second_signal_stops_at_once_even_when_stdout_is_stuck() -> None:
+    """Nobody reads stdout: the first SIGINT cannot finish the flush, the second still exits."""
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)  # smaller than the example's records
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "otus", "run", "-r", str(EXAMPLE), "--format", "json"],
+        stdout=w,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(w)
+    try:
+        deadline = time.monotonic() + 30
+        while _pipe_fill(r) < 4096:  # otus is now blocked writing to a full pipe
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        assert proc.poll() is None  # graceful stop waits for the reporter's write
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(r)
+    assert proc.returncode == EXIT_INTERRUPTED == 130
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == "otus: SIGINT again: stopped without flushing the reporters"
+
+
+def _pipe_fill(fd: int) -> int:
+    """Bytes waiting in a pipe (FIONREAD)."""
+    buf = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    return int.from_bytes(buf, sys.byteorder)
