@@ -280,7 +280,9 @@ async def test_close_accounts_for_every_accepted_frame(reading: bool) -> None:
     assert st["capture.packets"] == got
     assert st["capture.packets"] + st["capture.drop.shutdown"] == len(sent)
     assert st["capture.kernel_packets"] == len(sent)
-    assert st["capture.drop.shutdown"] == (0 if reading else len(sent))
+    # Reading: the first block reached the reader (the kernel may have retired the rest into a
+    # later block nobody read, counted above); not reading: every frame is a shutdown drop.
+    assert got > 0 if reading else st["capture.drop.shutdown"] == len(sent)
 
 
 async def test_close_before_and_twice() -> None:
