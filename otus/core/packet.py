@@ -86,6 +86,8 @@ class Encap:
     tunnels: list[Tunnel] = field(default_factory=list)
 
 
+# The decoder's fast path and the sip parser build DecodedPacket and OutputPacket with
+# object.__new__ and slot stores (cheaper than __init__): a new field must be set there too.
 @dataclass(slots=True)
 class DecodedPacket:
     """An L4 payload with the innermost addresses and ports, and how it was wrapped."""

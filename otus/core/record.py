@@ -45,6 +45,25 @@ def format_ts(ts_us: int) -> str:
     return prefix + _US[us]
 
 
+# Encap -> its record object, by identity: the decoder shares one Encap among the packets of
+# a VLAN or tunnel, so most records find theirs here. The Encap is kept in the value so its
+# id cannot be reused while cached; both are read-only by convention.
+_encaps: dict[int, tuple[Encap, dict[str, Any]]] = {}
+_ENCAPS_MAX = 4096
+
+
+def _encap_obj(encap: Encap) -> dict[str, Any]:
+    """:func:`encap_dict` of ``encap``, built once per shared Encap."""
+    hit = _encaps.get(id(encap))
+    if hit is not None and hit[0] is encap:
+        return hit[1]
+    if len(_encaps) >= _ENCAPS_MAX:
+        _encaps.clear()
+    d = encap_dict(encap)
+    _encaps[id(encap)] = (encap, d)
+    return d
+
+
 def encap_dict(encap: Encap | None) -> dict[str, Any]:
     """The record's ``encap`` object: ``{}`` for a bare frame."""
     if encap is None:
@@ -66,7 +85,7 @@ def encap_dict(encap: Encap | None) -> dict[str, Any]:
 
 
 def to_record(out: OutputPacket, task_id: str = "", agent_id: str = "") -> dict[str, Any]:
-    """Build the record for one output packet."""
+    """Build the record for one output packet (its ``encap`` object may be shared: read-only)."""
     ms, us = divmod(out.ts_us, 1000)
     prefix = _ms_cache.get(ms)
     if prefix is None:
@@ -84,7 +103,7 @@ def to_record(out: OutputPacket, task_id: str = "", agent_id: str = "") -> dict[
         "transport": _TRANSPORT.get(out.transport) or str(out.transport),
         "payload_type": ptype,
         "labels": out.labels,
-        "encap": {} if encap is None else encap_dict(encap),
+        "encap": {} if encap is None else _encap_obj(encap),
         ptype: out.payload,
     }
 
@@ -119,7 +138,7 @@ def record_bytes(out: OutputPacket, task_id: str = "", agent_id: str = "") -> by
             "transport": _TRANSPORT.get(out.transport) or str(out.transport),
             "payload_type": ptype,
             "labels": out.labels,
-            "encap": _NO_ENCAP if encap is None else encap_dict(encap),
+            "encap": _NO_ENCAP if encap is None else _encap_obj(encap),
             ptype: out.payload,
         }
     )

@@ -56,6 +56,7 @@ class FlowRegistry(Generic[K, F]):
         "expired",
         "granule",
         "idle_us",
+        "lookup",
         "max_flows",
         "on_end",
     )
@@ -73,6 +74,8 @@ class FlowRegistry(Generic[K, F]):
         self.granule = min(1_000_000, idle_timeout_us // 8)
         self.on_end = on_end
         self._flows: OrderedDict[K, F] = OrderedDict()
+        # get() without its Python frame, for per-packet callers (the dict is never replaced).
+        self.lookup: Callable[[K], F | None] = self._flows.get
         self.created = self.closed = self.evicted = self.expired = 0
 
     def __len__(self) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.infra.hostile import write_fragment_flood, write_hostile
+from tests.infra.peak_rss import run_measured
 
 ROOT = Path(__file__).resolve().parents[2]
 MEMORY_BOUND_MIB = 256  # peak RSS of `otus run -r` on these files; the README states the bound
@@ -24,31 +24,17 @@ def run_otus(path: Path, tmp: Path, timeout: float = 300.0) -> tuple[int, str, s
     out, err = tmp / "stdout", tmp / "stderr"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     start = time.monotonic()
+    args = [sys.executable, "-m", "otus", "run", "-r", str(path), "--format", "json"]
     with out.open("wb") as o, err.open("wb") as e:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "otus", "run", "-r", str(path), "--format", "json"],
-            stdin=subprocess.DEVNULL,
-            stdout=o,
-            stderr=e,
-            env=env,
-            cwd=ROOT,
-        )
-        deadline = start + timeout
-        while True:  # os.wait4 gives this child's own peak RSS
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                _, status, usage = os.wait4(proc.pid, 0)
-                pytest.fail(f"otus run took more than {timeout} s on {path.name}")
-            time.sleep(0.05)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+        try:
+            rc, rss = run_measured(args, stdout=o, stderr=e, env=env, cwd=ROOT, timeout=timeout)
+        except TimeoutError:
+            pytest.fail(f"otus run took more than {timeout} s on {path.name}")
     return (
-        proc.returncode,
+        rc,
         out.read_text(errors="replace"),
         err.read_text(errors="replace"),
-        usage.ru_maxrss // 1024,
+        rss,
         time.monotonic() - start,
     )
 

@@ -60,6 +60,9 @@ BLOCK_STATUS_OFFSET = 8
 BLOCK_STATUS = struct.Struct("=I")
 # block_status, num_pkts, offset_to_first_pkt (from byte 8).
 BLOCK_HDR = struct.Struct("=III")
+# tpacket_hdr_v1.seq_num (after block_status, num_pkts, offset_to_first_pkt, blk_len).
+BLOCK_SEQ_OFFSET = 24
+BLOCK_SEQ = struct.Struct("=Q")
 # struct tpacket3_hdr up to tp_mac: next_offset, sec, nsec, snaplen, (len), status, mac.
 FRAME_HDR = struct.Struct("=IIII4xIH")
 # hv1.tp_vlan_tci (u32) and hv1.tp_vlan_tpid (u16) at byte 32 of tpacket3_hdr.

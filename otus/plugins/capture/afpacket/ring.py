@@ -15,6 +15,8 @@ from otus.core.errors import CaptureError
 
 from .consts import (
     BLOCK_HDR,
+    BLOCK_SEQ,
+    BLOCK_SEQ_OFFSET,
     BLOCK_STATUS,
     BLOCK_STATUS_OFFSET,
     ETH_P_8021Q,
@@ -176,12 +178,24 @@ class Ring:
         return tag
 
     def unread(self) -> int:
-        """Frames in blocks handed over but not read (all of them when the ring is full)."""
+        """Frames in the ring not read: retired blocks, and the block the kernel is filling.
+
+        The open block's ``num_pkts`` is kept current as frames land; it is the block with
+        the highest ``seq_num`` (a block given back keeps its old, lower number until reopened).
+        Call it with intake stopped, or the open block may still grow.
+        """
         mm, size, n = self.mm, self.block_size, 0
+        newest, newest_seq = 0, -1
         for i in range(self.block_count):
             status, num, _first = BLOCK_HDR.unpack_from(mm, i * size + BLOCK_STATUS_OFFSET)
             if status & TP_STATUS_USER:
                 n += num
+            seq = BLOCK_SEQ.unpack_from(mm, i * size + BLOCK_SEQ_OFFSET)[0]
+            if seq > newest_seq:
+                newest, newest_seq = i, seq
+        status, num, _first = BLOCK_HDR.unpack_from(mm, newest * size + BLOCK_STATUS_OFFSET)
+        if not status & TP_STATUS_USER:
+            n += num
         return int(n)
 
     def close(self) -> None:

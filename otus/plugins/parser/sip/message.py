@@ -53,6 +53,7 @@ from otus.plugins.parser.sip.headers import (
     NAMES,
     NSLOTS,
     SMALL_INTS,
+    VIAS,
     learn,
     parse_addr,
     parse_cseq,
@@ -111,12 +112,9 @@ def parse_message(data: bytes, sdp: bool = True) -> dict[str, Any]:
     # on CPython 3.11, so the code counts them: one decode, one find, one split, a partition
     # and a dict subscript per header line; only the headers Otus reports go further, and
     # values that repeat across a dialog come from caches (see headers.py).
-    try:
-        s = data.decode("ascii")
-        is_ascii = True
-    except UnicodeDecodeError:
-        s = data.decode("utf-8", "replace")
-        is_ascii = False
+    # isascii() first: a failed ascii decode raises, and raising costs more than parsing a line.
+    is_ascii = data.isascii()
+    s = data.decode("ascii") if is_ascii else data.decode("utf-8", "replace")
     he = s.find("\r\n\r\n")
     if he < 0:
         return _reparse(data, sdp)
@@ -169,9 +167,12 @@ def parse_message(data: bytes, sdp: bool = True) -> dict[str, Any]:
         if not call_id:
             raise SipParseError("missing_header")
         seq, cseq_method = _cseqs_get(cseq) or parse_cseq(cseq)
-        if len(vias) > 1:
+        if len(vias) == 1:  # the usual case: one cache probe, no call
+            v = _vias_get(vias[0])
+            via = [v.copy()] if v is not None else parse_vias(vias)
+        else:
             vias.reverse()
-        via = parse_vias(vias)
+            via = parse_vias(vias)
         f = _addrs_get(frm)
         f = parse_addr(frm) if f is None else f.copy()
         t = _addrs_get(to)
@@ -236,6 +237,7 @@ def parse_message(data: bytes, sdp: bool = True) -> dict[str, Any]:
 
 
 _addrs_get: Final = ADDRS.get
+_vias_get: Final = VIAS.get
 _cseqs_get: Final = CSEQS.get
 _ints_get: Final = SMALL_INTS.get
 

@@ -63,6 +63,7 @@ _REQUEST_OTHER = "sip.request.other"
 _RESPONSE_KEYS = {c: f"sip.response.{c}xx" for c in range(1, 7)}
 _CODE_TEXT = {c: str(c) for c in range(100, 700)}
 _KEEPALIVE_BYTES = b"\r\n\x00 "
+_new = object.__new__
 
 
 class TcpConfig(SpecModel):
@@ -263,20 +264,19 @@ class SipParser:
             }
         if self._raw:
             sip["raw"] = p.decode("utf-8", "replace")
-        out.append(
-            OutputPacket(
-                pkt.ts_us,
-                pkt.src_ip,
-                pkt.dst_ip,
-                pkt.src_port,
-                pkt.dst_port,
-                pkt.transport,
-                "sip",
-                sip,
-                labels,
-                pkt.encap,
-            )
-        )
+        # Slots filled directly: a third cheaper than the dataclass __init__ (a Python frame).
+        o = _new(OutputPacket)
+        o.ts_us = pkt.ts_us
+        o.src_ip = pkt.src_ip
+        o.dst_ip = pkt.dst_ip
+        o.src_port = pkt.src_port
+        o.dst_port = pkt.dst_port
+        o.transport = pkt.transport
+        o.payload_type = "sip"
+        o.payload = sip
+        o.labels = labels
+        o.encap = pkt.encap
+        out.append(o)
 
     def stats(self) -> dict[str, int]:
         """``parse.*``, ``sip.*``, ``tcp.*`` and ``flows.*`` counters."""

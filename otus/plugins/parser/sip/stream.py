@@ -137,7 +137,7 @@ class TcpStreams:
         self._flows: FlowRegistry[Key, TcpFlow] = FlowRegistry(
             limits.max_flows, limits.flow_idle_timeout_us, self._on_end
         )
-        self._lookup = self._flows.get  # a found flow is refreshed inline (see touch)
+        self._lookup = self._flows.lookup  # a found flow is refreshed inline (see touch)
         self._granule = self._flows.granule
         # Closed flows linger (bounded, not counted as flows) so that a late copy of a segment
         # is a retransmission, not the start of a new stream reported again.

@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 from otus.core.packet import IPPROTO_TCP, DecodedPacket, Encap, OutputPacket
 from otus.plugins.base import PluginContext
 from otus.plugins.parser.sip import SipConfig, SipParser
+from tests.infra.peak_rss import run_measured
 from tests.plugins.parser.sip.corpus import SDP, build
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
@@ -175,28 +174,20 @@ def run_otus(path: Path, *, task: dict[str, Any] | None = None, timeout: float =
         args += ["--task", str(spec)]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(args, stdout=out, stderr=err, env=env, cwd=ROOT)
-        deadline = time.monotonic() + timeout
-        while True:  # wait4: this child's own peak RSS
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                os.wait4(proc.pid, 0)
-                raise AssertionError(f"otus run took more than {timeout} s on {path}")
-            time.sleep(0.02)
+        try:
+            rc, rss = run_measured(args, stdout=out, stderr=err, env=env, cwd=ROOT, timeout=timeout)
+        except TimeoutError:
+            raise AssertionError(f"otus run took more than {timeout} s on {path}") from None
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read().decode(errors="replace")
-    rc = os.waitstatus_to_exitcode(status)
     assert rc == 0, f"otus run exited {rc}:\n{stderr[-3000:]}"
     assert "Traceback" not in stderr, stderr[-3000:]
     lines = [ln for ln in stderr.splitlines() if "packets=" in ln]
     assert lines, f"no summary line:\n{stderr[-2000:]}"
     counters = {k: int(v) for k, v in re.findall(r"([\w.\-]+)=(\d+)", lines[-1])}
     records = [json.loads(line) for line in stdout.splitlines() if line.strip()]
-    return Run(records, counters, usage.ru_maxrss // 1024, stderr)
+    return Run(records, counters, rss, stderr)
 
 
 def byte_identity(counters: dict[str, int]) -> None:
