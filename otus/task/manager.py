@@ -38,10 +38,7 @@ import asyncio
 import builtins
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -54,14 +51,16 @@ from otus.core.errors import (
     TaskNotFoundError,
     TaskStartError,
 )
-from otus.core.stats import Stats, format_summary
+from otus.core.stats import Stats
 from otus.pipeline.latency import Histogram
 from otus.pipeline.spec import TaskSpec, parse_task
+from otus.task.info import TERMINAL, ShuttingDownError, TaskInfo, TaskState
 from otus.task.runner import TaskRunner
 from otus.task.state import SavedTask, StateFile
 
 __all__ = [
     "MAX_FINISHED",
+    "TERMINAL",
     "ShuttingDownError",
     "TaskInfo",
     "TaskManager",
@@ -74,58 +73,6 @@ MAX_FINISHED = 256
 _MiB = 1 << 20
 _RESTORE_PARALLEL = 4
 _REASON_MAX = 4096
-
-
-class TaskState(StrEnum):
-    """Lifecycle of a task."""
-
-    CREATED = "created"
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    FAILED = "failed"
-
-
-TERMINAL = frozenset({TaskState.STOPPED, TaskState.FAILED})
-
-
-class ShuttingDownError(TaskError):
-    """The manager is shutting down and takes no new task."""
-
-
-@dataclass(slots=True)
-class TaskInfo:
-    """A snapshot of one task."""
-
-    id: str
-    state: TaskState
-    reason: str | None
-    created_at: float
-    started_at: float | None
-    stopped_at: float | None
-    spec: dict[str, Any]
-    stats: Stats
-    workers: list[Stats]
-    processes: list[dict[str, Any]] = field(default_factory=list)
-    rss_bytes: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (what ``task.status`` returns)."""
-        return {
-            "id": self.id,
-            "state": self.state.value,
-            "reason": self.reason,
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "stopped_at": self.stopped_at,
-            "spec": self.spec,
-            "stats": dict(self.stats),
-            "summary": format_summary(self.stats),
-            "workers": [dict(w) for w in self.workers],
-            "processes": self.processes,
-            "rss_bytes": self.rss_bytes,
-        }
 
 
 class _Task:

@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
@@ -53,6 +52,8 @@ from otus.plugins.reporter.kafka_config import (
 )
 from otus.plugins.reporter.kafka_producer import (
     NO_HEADERS,
+    Batch,
+    Lane,
     force_close,
     metadata_error,
     new_producer,
@@ -68,54 +69,6 @@ log = logging.getLogger(__name__)
 
 _STOP_S = 5.0  # how long close() lets a producer stop before tearing it down
 _KEYS_MAX = 65_536  # cached Call-ID hashes; calls end and their Call-IDs go stale
-
-
-class _Batch:
-    """A sealed batch for one partition, kept until acknowledged so it can be resent."""
-
-    __slots__ = ("attempts", "builder", "count", "future", "gen", "lane", "seq", "token", "used")
-
-    def __init__(self, lane: _Lane, builder: Any, count: int, seq: int) -> None:
-        self.lane = lane
-        self.builder = builder  # aiokafka BatchBuilder
-        self.count = count
-        self.seq = seq  # order within the lane, kept when a failed batch is put back
-        self.used = False  # submitted once: a resend needs a new builder
-        self.attempts = 0
-        self.token = 0  # bumped on every submit and settle: stale callbacks are ignored
-        self.gen = 0
-        self.future: asyncio.Future[Any] | None = None
-
-
-class _Lane:
-    """One topic-partition: the open batch, sealed batches in order, and the task sending them."""
-
-    __slots__ = (
-        "batches",
-        "builder",
-        "count",
-        "inflight",
-        "partition",
-        "records",
-        "seq",
-        "since",
-        "task",
-        "topic",
-        "wake",
-    )
-
-    def __init__(self, topic: str, partition: int) -> None:
-        self.topic = topic
-        self.partition = partition
-        self.builder: Any = None  # the open batch
-        self.records: Any = None  # its record builder, appended to directly (records_of)
-        self.count = 0  # records in it
-        self.since = 0.0  # monotonic time of its first record (linger)
-        self.batches: deque[_Batch] = deque()
-        self.inflight = 0  # batches handed to aiokafka and not settled
-        self.seq = 0
-        self.wake = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
 
 
 class KafkaReporter:
@@ -145,9 +98,9 @@ class KafkaReporter:
         self._drop_backpressure = self._drop_failed = self._drop_too_large = self._drop_closed = 0
         self._buffered = 0
         self._keys: dict[str, tuple[bytes | None, int]] = {}  # Call-ID -> (key, positive murmur2)
-        self._lanes: dict[str, list[_Lane]] = {}
+        self._lanes: dict[str, list[Lane]] = {}
         self._staged: dict[str, list[tuple[bytes | None, bytes]]] = {}  # partitions unknown yet
-        self._inflight: set[_Batch] = set()
+        self._inflight: set[Batch] = set()
         self._rr = 0
         self._producer: Any = None
         self._gen = 0  # producer generation; batches remember theirs
@@ -263,9 +216,9 @@ class KafkaReporter:
         encode = record_bytes
         ts, now = int(time.time() * 1000), time.monotonic()  # one clock read per call
         ptype: str | None = None
-        lanes: list[_Lane] = []
+        lanes: list[Lane] = []
         staged: list[tuple[bytes | None, bytes]] | None = None
-        touched: list[list[_Lane]] = []
+        touched: list[list[Lane]] = []
         nparts = sticky = accepted = too_large = 0
         self._rr += 1
         for out in batch:
@@ -328,11 +281,11 @@ class KafkaReporter:
         kh = self._keys[cid] = (key, murmur2(key) & 0x7FFFFFFF)
         return kh
 
-    def _seal(self, lane: _Lane) -> None:
+    def _seal(self, lane: Lane) -> None:
         """Close the lane's open batch and queue it for sending."""
         lane.seq += 1
         set_record_count(lane.builder, lane.count)
-        lane.batches.append(_Batch(lane, lane.builder, lane.count, lane.seq))
+        lane.batches.append(Batch(lane, lane.builder, lane.count, lane.seq))
         lane.builder = lane.records = None
         lane.count = 0
 
@@ -487,15 +440,15 @@ class KafkaReporter:
         for lane in lanes:
             lane.wake.set()
 
-    def _grow(self, lanes: list[_Lane], topic: str, n: int) -> list[_Lane]:
+    def _grow(self, lanes: list[Lane], topic: str, n: int) -> list[Lane]:
         """Add lanes (and their tasks) up to ``n`` partitions; Kafka never shrinks a topic."""
         while len(lanes) < n:
-            lane = _Lane(topic, len(lanes))
+            lane = Lane(topic, len(lanes))
             lanes.append(lane)
             lane.task = self._spawn(self._run_lane(lane))
         return lanes
 
-    async def _run_lane(self, lane: _Lane) -> None:
+    async def _run_lane(self, lane: Lane) -> None:
         """Send the lane's batches in order: full ones at once, the open one when idle."""
         from aiokafka.errors import KafkaTimeoutError, ProducerClosed  # noqa: PLC0415
 
@@ -567,11 +520,11 @@ class KafkaReporter:
 
     # -- outcomes --------------------------------------------------------------------------
 
-    def _on_done(self, batch: _Batch, token: int, future: asyncio.Future[Any]) -> None:
+    def _on_done(self, batch: Batch, token: int, future: asyncio.Future[Any]) -> None:
         if token == batch.token:
             self._settle(batch, future)
 
-    def _settle(self, batch: _Batch, future: asyncio.Future[Any]) -> None:
+    def _settle(self, batch: Batch, future: asyncio.Future[Any]) -> None:
         """Count an acknowledged batch, or put a failed one back in its lane (or drop it)."""
         batch.token += 1
         self._inflight.discard(batch)

@@ -1,4 +1,4 @@
-"""The Kafka reporter's aiokafka glue: making producers, resending batches, tearing down.
+"""The Kafka reporter's aiokafka glue: batches and lanes, making producers, resending, tearing down.
 
 Every use of aiokafka internals lives here, each with the reason it is needed, so an aiokafka
 upgrade has one place to check (the tests exercise each path against a real broker).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,8 @@ from otus.plugins.reporter.kafka_config import KafkaConfig
 
 __all__ = [
     "NO_HEADERS",
+    "Batch",
+    "Lane",
     "force_close",
     "metadata_error",
     "new_producer",
@@ -137,3 +140,53 @@ async def force_close(producer: Any) -> None:
         await asyncio.wait([task], timeout=1.0)
     with contextlib.suppress(Exception):
         await asyncio.wait_for(producer.client.close(), 5.0)
+    # Torn down by hand: what stop() would have marked (else __del__ warns "Unclosed").
+    producer._closed = True
+
+
+class Batch:
+    """A sealed batch for one partition, kept until acknowledged so it can be resent."""
+
+    __slots__ = ("attempts", "builder", "count", "future", "gen", "lane", "seq", "token", "used")
+
+    def __init__(self, lane: Lane, builder: Any, count: int, seq: int) -> None:
+        self.lane = lane
+        self.builder = builder  # aiokafka BatchBuilder
+        self.count = count
+        self.seq = seq  # order within the lane, kept when a failed batch is put back
+        self.used = False  # submitted once: a resend needs a new builder
+        self.attempts = 0
+        self.token = 0  # bumped on every submit and settle: stale callbacks are ignored
+        self.gen = 0
+        self.future: asyncio.Future[Any] | None = None
+
+
+class Lane:
+    """One topic-partition: the open batch, sealed batches in order, and the task sending them."""
+
+    __slots__ = (
+        "batches",
+        "builder",
+        "count",
+        "inflight",
+        "partition",
+        "records",
+        "seq",
+        "since",
+        "task",
+        "topic",
+        "wake",
+    )
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.builder: Any = None  # the open batch
+        self.records: Any = None  # its record builder, appended to directly (records_of)
+        self.count = 0  # records in it
+        self.since = 0.0  # monotonic time of its first record (linger)
+        self.batches: deque[Batch] = deque()
+        self.inflight = 0  # batches handed to aiokafka and not settled
+        self.seq = 0
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
