@@ -334,17 +334,8 @@ class FastPath:
         if pr == 17:
             ue = t + w1
             if t + 8 <= ue <= e and dport not in w.udp_tunnel_ports:
-                dp = _new(DecodedPacket)  # as in run(): cheaper than the dataclass __init__
-                dp.ts_us = ts
-                dp.src_ip, dp.dst_ip = w.pairs.get(iak) or w.pair(iak)
-                dp.src_port = sport
-                dp.dst_port = dport
-                dp.transport = 17
-                dp.payload = f[t + 8 : ue]
-                dp.encap = tenc
-                dp.tcp_seq = dp.tcp_flags = 0
-                dp.reassembled = False
-                return dp
+                ad = w.pairs.get(iak) or w.pair(iak)
+                return DecodedPacket(ts, ad[0], ad[1], sport, dport, 17, f[t + 8 : ue], tenc)
         elif pr == 6:
             pl = t + ((of >> 10) & 0x3C)
             if t + 20 <= pl <= e:

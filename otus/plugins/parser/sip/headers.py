@@ -269,16 +269,7 @@ def parse_addr(value: str) -> dict[str, Any]:
             d = d[1:-1]
         else:
             d = display.strip() or None
-        # _store and the usual ";tag=" inlined: a miss here is once per new dialog or side.
-        tag: str | None = None
-        if params:
-            _, found, tag = params.partition(";tag=")
-            tag = (tag.partition(";")[0].strip() or None) if found else _tag(params)
-        a = {"display": d, "uri": uri, "tag": tag}
-        if len(ADDRS) >= _CACHE_MAX:
-            ADDRS.clear()
-        ADDRS[value] = a
-        return a.copy()
+        return _store(value, d, uri, _tag(params) if params else None)
     # addr-spec: parameters after the URI are header parameters (RFC 3261 §20.10).
     uri, semi, params = value.strip().partition(";")
     if not uri:

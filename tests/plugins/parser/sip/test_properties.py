@@ -21,6 +21,7 @@ from otus.plugins.parser.sip import (
     parse_sdp,
 )
 from tests.plugins.parser.sip.corpus import SDP, TYPICAL, build, sipp_messages
+from tests.plugins.parser.sip.tcp import BYTE_ENDS
 from tests.plugins.parser.sip.test_message import KEYS
 
 # OTUS_FUZZ_EXAMPLES=20000 for a long local run; the default keeps the suite quick.
@@ -149,17 +150,6 @@ def test_plugin_counts_every_datagram_once(data: bytes) -> None:
     assert p.stats()["parse.drop.error"] == 0
 
 
-TCP_BYTE_ENDS = (
-    "tcp.bytes_sip",
-    "tcp.bytes_keepalive",
-    "tcp.bytes_websocket",
-    "tcp.bytes_duplicate",
-    "tcp.bytes_skipped",
-    "tcp.bytes_dropped",
-    "tcp.buffered_bytes",
-)
-
-
 @SETTINGS
 @given(st.lists(st.one_of(mutated(), st.binary(max_size=80)), min_size=1, max_size=4))
 def test_plugin_accounts_every_stream_byte(parts: list[bytes]) -> None:
@@ -175,7 +165,7 @@ def test_plugin_accounts_every_stream_byte(parts: list[bytes]) -> None:
     p.drain(out)
     s = p.stats()
     assert s["tcp.bytes"] == sum(len(x) for x in parts)
-    assert s["tcp.bytes"] == sum(s[k] for k in TCP_BYTE_ENDS)
+    assert s["tcp.bytes"] == sum(s[k] for k in BYTE_ENDS)
     assert s["tcp.buffered_bytes"] == 0  # drained
     assert len(out) == s["parse.messages"]
     assert s["parse.drop.error"] == 0
