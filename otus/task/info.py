@@ -1,15 +1,29 @@
-"""What the task manager reports about a task: its state and a snapshot (``TaskInfo``)."""
+"""What the task manager holds for a task (``TaskEntry``) and reports of it (``TaskInfo``)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from otus.core.errors import TaskError
 from otus.core.stats import Stats, format_summary
 
-__all__ = ["TERMINAL", "ShuttingDownError", "TaskInfo", "TaskState"]
+if TYPE_CHECKING:
+    from otus.pipeline.spec import TaskSpec
+    from otus.task.runner import TaskRunner
+
+__all__ = [
+    "TERMINAL",
+    "ShuttingDownError",
+    "TaskEntry",
+    "TaskInfo",
+    "TaskState",
+    "clip_reason",
+]
+
+_REASON_MAX = 4096
 
 
 class TaskState(StrEnum):
@@ -62,3 +76,61 @@ class TaskInfo:
             "processes": self.processes,
             "rss_bytes": self.rss_bytes,
         }
+
+
+class TaskEntry:
+    """What the manager holds for one task."""
+
+    __slots__ = (
+        "created_at",
+        "desired",
+        "kill_at",
+        "lock",
+        "managed_stop",
+        "pending_reason",
+        "reason",
+        "runner",
+        "saved_stats",
+        "spec",
+        "started_at",
+        "state",
+        "stopped_at",
+    )
+
+    def __init__(self, spec: TaskSpec, created_at: float) -> None:
+        self.spec = spec
+        self.state = TaskState.CREATED
+        self.reason: str | None = None
+        self.created_at = created_at
+        self.started_at: float | None = None
+        self.stopped_at: float | None = None
+        self.runner: TaskRunner | None = None
+        self.desired = True  # should run after a restart
+        self.managed_stop = False  # delete/update/shutdown is stopping it and settles it
+        self.pending_reason: str | None = None  # failure noted while the workers stop
+        self.kill_at: float | None = None  # monotonic deadline of a failure-triggered stop
+        self.saved_stats: Stats = {}  # last counters of a finished task read from the state file
+        self.lock = asyncio.Lock()
+
+    def info(self) -> TaskInfo:
+        """A snapshot: live counters from the runner, else the last ones saved."""
+        r = self.runner
+        processes = r.processes() if r is not None else []
+        return TaskInfo(
+            id=self.spec.id,
+            state=self.state,
+            reason=self.reason if self.state in TERMINAL else self.pending_reason,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            stopped_at=self.stopped_at,
+            spec=self.spec.model_dump(mode="json"),
+            stats=r.stats() if r is not None else dict(self.saved_stats),
+            workers=r.per_worker() if r is not None else [],
+            processes=processes,
+            rss_bytes=sum(int(p.get("rss_bytes") or 0) for p in processes),
+        )
+
+
+def clip_reason(reason: str) -> str:
+    """A failure reason cut to a size a status and the state file can carry."""
+    return reason if len(reason) <= _REASON_MAX else reason[: _REASON_MAX - 3] + "..."

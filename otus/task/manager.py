@@ -54,7 +54,14 @@ from otus.core.errors import (
 from otus.core.stats import Stats
 from otus.pipeline.latency import Histogram
 from otus.pipeline.spec import TaskSpec, parse_task
-from otus.task.info import TERMINAL, ShuttingDownError, TaskInfo, TaskState
+from otus.task.info import (
+    TERMINAL,
+    ShuttingDownError,
+    TaskEntry,
+    TaskInfo,
+    TaskState,
+    clip_reason,
+)
 from otus.task.runner import TaskRunner
 from otus.task.state import SavedTask, StateFile
 
@@ -72,46 +79,6 @@ log = structlog.stdlib.get_logger("otus.task")
 MAX_FINISHED = 256
 _MiB = 1 << 20
 _RESTORE_PARALLEL = 4
-_REASON_MAX = 4096
-
-
-class _Task:
-    """What the manager holds for one task."""
-
-    __slots__ = (
-        "created_at",
-        "desired",
-        "kill_at",
-        "lock",
-        "managed_stop",
-        "pending_reason",
-        "reason",
-        "runner",
-        "saved_stats",
-        "spec",
-        "started_at",
-        "state",
-        "stopped_at",
-    )
-
-    def __init__(self, spec: TaskSpec, created_at: float) -> None:
-        self.spec = spec
-        self.state = TaskState.CREATED
-        self.reason: str | None = None
-        self.created_at = created_at
-        self.started_at: float | None = None
-        self.stopped_at: float | None = None
-        self.runner: TaskRunner | None = None
-        self.desired = True  # should run after a restart
-        self.managed_stop = False  # delete/update/shutdown is stopping it and settles it
-        self.pending_reason: str | None = None  # failure noted while the workers stop
-        self.kill_at: float | None = None  # monotonic deadline of a failure-triggered stop
-        self.saved_stats: Stats = {}  # last counters of a finished task read from the state file
-        self.lock = asyncio.Lock()
-
-
-def _clip(reason: str) -> str:
-    return reason if len(reason) <= _REASON_MAX else reason[: _REASON_MAX - 3] + "..."
 
 
 class TaskManager:
@@ -133,7 +100,7 @@ class TaskManager:
         self.stop_grace_s = stop_grace_s
         self.watch_interval_s = watch_interval_s
         self._state = StateFile(state_file) if state_file is not None else None
-        self._tasks: dict[str, _Task] = {}
+        self._tasks: dict[str, TaskEntry] = {}
         self._subs: list[Callable[[TaskInfo], None]] = []
         self._closing = False
         self.restored = False
@@ -168,7 +135,7 @@ class TaskManager:
             raise TaskExistsError(f"task {spec.id!r} already exists")
         if self._live_count() >= self.max_tasks:
             raise TaskLimitError(f"task limit reached: {self.max_tasks} tasks running")
-        t = _Task(spec, time.time())
+        t = TaskEntry(spec, time.time())
         self._tasks[spec.id] = t
         self._notify(t)
         async with t.lock:
@@ -177,7 +144,7 @@ class TaskManager:
             except BaseException as e:
                 if self._tasks.get(spec.id) is t:
                     del self._tasks[spec.id]
-                t.state, t.reason = TaskState.FAILED, _clip(str(e) or repr(e))
+                t.state, t.reason = TaskState.FAILED, clip_reason(str(e) or repr(e))
                 t.stopped_at = time.time()
                 self._notify(t)
                 log.warning("task start failed", task=spec.id, reason=t.reason)
@@ -190,7 +157,7 @@ class TaskManager:
             self._evict_finished()
             self._save()
         log.info("task created", task=spec.id, workers=len(t.runner.workers) if t.runner else 0)
-        return self._info(t)
+        return t.info()
 
     async def delete(self, task_id: str) -> TaskInfo:
         """Stop the task (its reporters flush), forget it, return its final state."""
@@ -201,7 +168,7 @@ class TaskManager:
             await self._stop(t, self.stop_grace_s)
             del self._tasks[task_id]
             self._save()
-        info = self._info(t)
+        info = t.info()
         log.info("task deleted", task=task_id, state=info.state.value)
         return info
 
@@ -219,7 +186,7 @@ class TaskManager:
                 await self._start(t)
             except BaseException as e:
                 t.runner = None
-                t.state, t.reason = TaskState.FAILED, _clip(str(e) or repr(e))
+                t.state, t.reason = TaskState.FAILED, clip_reason(str(e) or repr(e))
                 t.stopped_at = time.time()
                 self._notify(t)
                 self._save()
@@ -228,15 +195,15 @@ class TaskManager:
                 raise
             self._save()
         log.info("task updated", task=spec.id)
-        return self._info(t)
+        return t.info()
 
     def list(self) -> list[TaskInfo]:
         """Every task, oldest first."""
-        return [self._info(t) for t in sorted(self._tasks.values(), key=lambda t: t.created_at)]
+        return [t.info() for t in sorted(self._tasks.values(), key=lambda t: t.created_at)]
 
     def status(self, task_id: str) -> TaskInfo:
         """One task's state and counters."""
-        return self._info(self._get(task_id))
+        return self._get(task_id).info()
 
     def get(self, task_id: str) -> TaskSpec:
         """One task's spec."""
@@ -263,7 +230,7 @@ class TaskManager:
             saved, problems = [], []
         for p in problems:
             log.error("state file entry skipped", problem=p)
-        to_start: builtins.list[_Task] = []
+        to_start: builtins.list[TaskEntry] = []
         for s in saved:
             try:
                 spec = parse_task(s.spec, "state file")
@@ -272,7 +239,7 @@ class TaskManager:
                 continue
             if spec.id in self._tasks:
                 continue
-            t = _Task(spec, s.created_at or time.time())
+            t = TaskEntry(spec, s.created_at or time.time())
             if s.desired == "running":
                 to_start.append(t)
             else:
@@ -283,7 +250,7 @@ class TaskManager:
 
         sem = asyncio.Semaphore(_RESTORE_PARALLEL)
 
-        async def start_one(t: _Task) -> None:
+        async def start_one(t: TaskEntry) -> None:
             async with sem, t.lock:
                 if self._closing:
                     return
@@ -295,7 +262,7 @@ class TaskManager:
                     log.info("task restored", task=t.spec.id)
                 except (TaskError, OSError) as e:
                     t.runner = None
-                    t.state, t.reason = TaskState.FAILED, _clip(f"restore failed: {e}")
+                    t.state, t.reason = TaskState.FAILED, clip_reason(f"restore failed: {e}")
                     t.stopped_at = time.time()
                     self._notify(t)
                     log.error("task restore failed", task=t.spec.id, reason=str(e))
@@ -305,7 +272,7 @@ class TaskManager:
                 tg.create_task(start_one(t), name=f"restore-{t.spec.id}")
         self._save()
         self.restored = True
-        return [self._info(t) for t in self._tasks.values()]
+        return [t.info() for t in self._tasks.values()]
 
     def begin_shutdown(self) -> None:
         """Refuse new tasks from now on; tasks ending from now on are restored by a restart."""
@@ -317,7 +284,7 @@ class TaskManager:
         grace = self.stop_grace_s if grace_s is None else grace_s
         live = [t for t in self._tasks.values() if t.state not in TERMINAL]
 
-        async def stop_one(t: _Task) -> None:
+        async def stop_one(t: TaskEntry) -> None:
             async with t.lock:
                 await self._stop(t, grace)
 
@@ -372,7 +339,7 @@ class TaskManager:
         if self._closing:
             raise ShuttingDownError("the daemon is shutting down")
 
-    def _get(self, task_id: str) -> _Task:
+    def _get(self, task_id: str) -> TaskEntry:
         t = self._tasks.get(task_id)
         if t is None:
             raise TaskNotFoundError(f"no task {task_id!r}")
@@ -390,7 +357,7 @@ class TaskManager:
             del self._tasks[t.spec.id]
             log.info("finished task forgotten (too many kept)", task=t.spec.id)
 
-    async def _start(self, t: _Task) -> None:
+    async def _start(self, t: TaskEntry) -> None:
         t.state, t.reason, t.pending_reason = TaskState.STARTING, None, None
         t.managed_stop, t.kill_at = False, None
         t.started_at = t.stopped_at = None
@@ -412,7 +379,7 @@ class TaskManager:
         self._notify(t)
         self._on_runner(t, runner)  # it may have ended (or failed) while starting
 
-    async def _stop(self, t: _Task, grace: float) -> None:
+    async def _stop(self, t: TaskEntry, grace: float) -> None:
         r = t.runner
         if r is None or t.state in TERMINAL:
             return
@@ -423,7 +390,7 @@ class TaskManager:
         await r.stop(grace)
         self._settle(t)
 
-    def _on_runner(self, t: _Task, r: TaskRunner) -> None:
+    def _on_runner(self, t: TaskEntry, r: TaskRunner) -> None:
         """A worker reported something: notice failures and tasks that ended by themselves."""
         if r is not t.runner or t.managed_stop:
             return
@@ -438,49 +405,32 @@ class TaskManager:
                 t.desired = False  # ended by itself or failed: a restart does not run it again
             self._save()
 
-    def _fail(self, t: _Task, reason: str) -> None:
+    def _fail(self, t: TaskEntry, reason: str) -> None:
         if t.state != TaskState.RUNNING or t.runner is None:
             return
-        t.pending_reason = _clip(reason)
+        t.pending_reason = clip_reason(reason)
         t.state = TaskState.STOPPING
         log.error("task failed; stopping it", task=t.spec.id, reason=t.pending_reason)
         self._notify(t)
         t.runner.request_stop()
         t.kill_at = time.monotonic() + self.stop_grace_s
 
-    def _settle(self, t: _Task) -> None:
+    def _settle(self, t: TaskEntry) -> None:
         if t.state in TERMINAL:
             return
         r = t.runner
         reason = t.pending_reason or (r.error if r is not None else None)
         t.state = TaskState.FAILED if reason else TaskState.STOPPED
-        t.reason = _clip(reason) if reason else None
+        t.reason = clip_reason(reason) if reason else None
         t.stopped_at = time.time()
         t.kill_at = None
         log.info("task ended", task=t.spec.id, state=t.state.value, reason=t.reason)
         self._notify(t)
 
-    def _info(self, t: _Task) -> TaskInfo:
-        r = t.runner
-        processes = r.processes() if r is not None else []
-        return TaskInfo(
-            id=t.spec.id,
-            state=t.state,
-            reason=t.reason if t.state in TERMINAL else t.pending_reason,
-            created_at=t.created_at,
-            started_at=t.started_at,
-            stopped_at=t.stopped_at,
-            spec=t.spec.model_dump(mode="json"),
-            stats=r.stats() if r is not None else dict(t.saved_stats),
-            workers=r.per_worker() if r is not None else [],
-            processes=processes,
-            rss_bytes=sum(int(p.get("rss_bytes") or 0) for p in processes),
-        )
-
-    def _notify(self, t: _Task) -> None:
+    def _notify(self, t: TaskEntry) -> None:
         if not self._subs:
             return
-        info = self._info(t)
+        info = t.info()
         for cb in list(self._subs):
             try:
                 cb(info)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.infra.hostile import eth, ipv4, sip_message, tcp
+from tests.infra.frames import eth, ipv4, sip_message, tcp
 from tests.plugins.parser.sip.tcp import BYTE_ENDS, byte_identity, run_otus
 from tools.pcapio import PcapWriter
 

@@ -15,16 +15,25 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.infra.frames import (
+    BASE_TS,
+    MAC_A,
+    MAC_B,
+    SIP_PORT,
+    eth,
+    frag4,
+    frag6,
+    ipv4,
+    ipv6,
+    sdp,
+    sip_message,
+    tcp,
+    udp,
+    udp6,
+)
 from tools.pcapio import PcapWriter
 
-__all__ = ["HostileSummary", "sip_message", "write_fragment_flood", "write_hostile"]
-
-MAC_A, MAC_B = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
-IP_A, IP_B = bytes([10, 66, 0, 1]), bytes([10, 66, 0, 2])
-IP6_A = bytes.fromhex("fd000066000000000000000000000001")
-IP6_B = bytes.fromhex("fd000066000000000000000000000002")
-BASE_TS = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
-SIP_PORT = 5060
+__all__ = ["HostileSummary", "write_fragment_flood", "write_hostile"]
 
 
 @dataclass(slots=True)
@@ -35,162 +44,6 @@ class HostileSummary:
     by_category: dict[str, int] = field(default_factory=dict)
     valid_sip: int = 0  # control messages a correct decoder + parser must report
     control_call_ids: list[str] = field(default_factory=list)  # their Call-IDs, in order
-
-
-# -- packet builders (by hand: hostile frames need every field under our control) -----------
-
-
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
-def eth(payload: bytes, etype: int = 0x0800, src: bytes = MAC_A, dst: bytes = MAC_B) -> bytes:
-    """An Ethernet II frame."""
-    return dst + src + struct.pack("!H", etype) + payload
-
-
-def ipv4(
-    payload: bytes,
-    proto: int = 17,
-    *,
-    src: bytes = IP_A,
-    dst: bytes = IP_B,
-    ident: int = 1,
-    frag: int = 0,  # flags (MF = 0x2000) | offset in 8-byte units
-    total_len: int | None = None,
-    ihl: int = 5,
-    options: bytes = b"",
-) -> bytes:
-    """An IPv4 packet with a valid header checksum; lengths may be overridden to lie."""
-    tl = 20 + len(options) + len(payload) if total_len is None else total_len
-    hdr = (
-        struct.pack(
-            "!BBHHHBBH4s4s",
-            0x40 | (ihl & 0xF),
-            0,
-            tl & 0xFFFF,
-            ident & 0xFFFF,
-            frag & 0xFFFF,
-            64,
-            proto,
-            0,
-            src,
-            dst,
-        )
-        + options
-    )
-    hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
-    return hdr + payload
-
-
-def ipv6(
-    payload: bytes,
-    nh: int = 17,
-    *,
-    src: bytes = IP6_A,
-    dst: bytes = IP6_B,
-    plen: int | None = None,
-) -> bytes:
-    """An IPv6 packet (``plen`` may lie)."""
-    n = len(payload) if plen is None else plen
-    return struct.pack("!IHBB", 0x60000000, n & 0xFFFF, nh, 64) + src + dst + payload
-
-
-def frag6(payload: bytes, nh: int, offset8: int, more: bool, ident: int) -> bytes:
-    """An IPv6 fragment header followed by ``payload``."""
-    return struct.pack("!BBHI", nh, 0, (offset8 << 3) | int(more), ident) + payload
-
-
-def udp(
-    payload: bytes, sport: int = 5070, dport: int = SIP_PORT, length: int | None = None
-) -> bytes:
-    """A UDP header (checksum 0) and payload; ``length`` may lie."""
-    n = 8 + len(payload) if length is None else length
-    return struct.pack("!HHHH", sport, dport, n & 0xFFFF, 0) + payload
-
-
-def udp6(payload: bytes, sport: int = 5070, dport: int = SIP_PORT) -> bytes:
-    """A UDP header with the checksum IPv6 requires (A -> B)."""
-    n = 8 + len(payload)
-    pseudo = IP6_A + IP6_B + struct.pack("!IxxxB", n, 17)
-    hdr = struct.pack("!HHHH", sport, dport, n, 0)
-    c = _csum(pseudo + hdr + payload) or 0xFFFF
-    return hdr[:6] + struct.pack("!H", c) + payload
-
-
-def tcp(
-    payload: bytes,
-    seq: int,
-    *,
-    sport: int = 5070,
-    dport: int = SIP_PORT,
-    flags: int = 0x18,
-    doff: int = 5,
-    ack: int = 1,
-) -> bytes:
-    """A TCP header (no options unless ``doff`` lies) and payload; checksum left 0."""
-    return (
-        struct.pack(
-            "!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack, (doff & 0xF) << 4, flags, 65535, 0, 0
-        )
-        + payload
-    )
-
-
-def sip_message(
-    call: int = 1,
-    *,
-    method: str = "INVITE",
-    body: bytes = b"",
-    extra: bytes = b"",
-    content_length: bytes | None = None,
-) -> bytes:
-    """A well-formed SIP request (bytes), with optional extra header lines (CRLF-terminated)."""
-    cl = str(len(body)).encode() if content_length is None else content_length
-    return (
-        (
-            f"{method} sip:bob@10.66.0.2 SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 10.66.0.1:5070;branch=z9hG4bK-h{call}\r\n"
-            f'From: "Hostile" <sip:alice@10.66.0.1>;tag=h{call}\r\n'
-            "To: <sip:bob@10.66.0.2>\r\n"
-            f"Call-ID: hostile-{call}@10.66.0.1\r\n"
-            f"CSeq: {call} {method}\r\n"
-            "Max-Forwards: 70\r\n"
-            "User-Agent: otus-hostile\r\n"
-        ).encode()
-        + extra
-        + b"Content-Length: "
-        + cl
-        + b"\r\n\r\n"
-        + body
-    )
-
-
-def _sdp(lines: int) -> bytes:
-    out = [
-        b"v=0",
-        b"o=- 1 1 IN IP4 10.66.0.1",
-        b"s=-",
-        b"c=IN IP4 10.66.0.1",
-        b"t=0 0",
-        b"m=audio 4000 RTP/AVP 0",
-    ]
-    out += [f"a=x-pad:{i:06d}".encode() for i in range(lines)]
-    return b"\r\n".join(out) + b"\r\n"
-
-
-def _frag4(datagram: bytes, ident: int, size: int = 1480) -> list[bytes]:
-    """Split an IPv4 payload (UDP header included) into fragment packets."""
-    out = []
-    for off in range(0, len(datagram), size):
-        more = 0x2000 if off + size < len(datagram) else 0
-        out.append(ipv4(datagram[off : off + size], ident=ident, frag=more | (off // 8)))
-    return out
 
 
 # -- the capture ---------------------------------------------------------------------------
@@ -222,7 +75,7 @@ def _controls(o: _Out, n: int) -> None:
 
 
 def _truncated(o: _Out) -> None:
-    full = eth(ipv4(udp(sip_message(1, body=_sdp(4)))))
+    full = eth(ipv4(udp(sip_message(1, body=sdp(4)))))
     for cut in range(len(full)):
         o.put("truncated", full[:cut], len(full))  # snaplen-style: orig_len says more
         if cut % 7 == 0:
@@ -317,20 +170,20 @@ def _fuzz(msg: bytes, rng: random.Random, kind: str) -> bytes:
 
 
 def _fuzzed(o: _Out, rng: random.Random, n: int) -> None:
-    base = sip_message(6, body=_sdp(3), extra=b"Contact: <sip:alice@10.66.0.1:5070>\r\n")
+    base = sip_message(6, body=sdp(3), extra=b"Contact: <sip:alice@10.66.0.1:5070>\r\n")
     for i in range(n):
         kind = _MUTATIONS[i % len(_MUTATIONS)]
         o.put(f"fuzzed_{kind}", eth(ipv4(udp(_fuzz(base, rng, kind)), ident=3000 + i)))
 
 
 def _fragments(o: _Out) -> None:
-    dgram = udp(sip_message(7, body=_sdp(200)))  # ~3.3 KB: 3 fragments
-    parts = _frag4(dgram, ident=0x4242)
+    dgram = udp(sip_message(7, body=sdp(200)))  # ~3.3 KB: 3 fragments
+    parts = frag4(dgram, ident=0x4242)
     o.put("frag4_orphan", eth(parts[1]))  # middle only
     o.put("frag4_orphan", eth(parts[-1]))  # last only
-    o.put("frag4_orphan", eth(_frag4(dgram, ident=0x4243)[0]))  # first only, never completed
+    o.put("frag4_orphan", eth(frag4(dgram, ident=0x4243)[0]))  # first only, never completed
     # Duplicate, overlapping (same and different bytes), reversed order, and a tiny-step chain.
-    a, b = _frag4(dgram, ident=0x4244), _frag4(dgram, ident=0x4245)
+    a, b = frag4(dgram, ident=0x4244), frag4(dgram, ident=0x4245)
     for p in (a[0], a[0], a[1], a[1], a[2]):
         o.put("frag4_duplicate", eth(p))
     for p in reversed(b):
@@ -345,7 +198,7 @@ def _fragments(o: _Out) -> None:
     o.put("frag4_zero_len", eth(ipv4(b"", ident=0x4249, frag=0x2000 | 10)))
     o.put("frag4_odd_len", eth(ipv4(b"A" * 13, ident=0x424A, frag=0x2000)))  # not a multiple of 8
     # IPv6: orphan, overlap, atomic fragment (valid: RFC 6946), fragment of a fragment header.
-    d6 = udp6(sip_message(8, body=_sdp(150)))
+    d6 = udp6(sip_message(8, body=sdp(150)))
     f6 = [d6[i : i + 1448] for i in range(0, len(d6), 1448)]
     o.put("frag6_orphan", eth(ipv6(frag6(f6[1], 17, 1448 // 8, True, 0x600D), 44), 0x86DD))
     o.put("frag6_orphan", eth(ipv6(frag6(f6[0], 17, 0, True, 0x600E), 44), 0x86DD))
@@ -369,7 +222,7 @@ def _absurd_sip(o: _Out) -> None:
             o.put(cat, eth(ipv4(dgram)))
         else:
             o.put(cat + "_jumbo", eth(ipv4(dgram)))  # one frame, as GRO/TSO captures show
-            for p in _frag4(dgram, ident=0x5000 + o.s.frames):
+            for p in frag4(dgram, ident=0x5000 + o.s.frames):
                 o.put(cat + "_fragmented", eth(p))
 
     put("cl_huge", sip_message(10, body=b"v=0\r\n", content_length=b"99999999"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.infra.hostile import eth, ipv4, sip_message, tcp
+from tests.infra.frames import eth, ipv4, sip_message, tcp
 from tests.infra.skips import requires_tool
 from tests.infra.tshark import normalize_otus, sip_messages
 from tests.plugins.parser.sip.tcp import run_otus

@@ -54,20 +54,18 @@ from otus.plugins.reporter.kafka_producer import (
     NO_HEADERS,
     Batch,
     Lane,
-    force_close,
     metadata_error,
-    new_producer,
     rebuild,
     records_of,
     retriable,
     set_record_count,
 )
+from otus.plugins.reporter.kafka_supervisor import Producers
 
 __all__ = ["KafkaConfig", "KafkaReporter", "murmur2", "partition_for"]
 
 log = logging.getLogger(__name__)
 
-_STOP_S = 5.0  # how long close() lets a producer stop before tearing it down
 _KEYS_MAX = 65_536  # cached Call-ID hashes; calls end and their Call-IDs go stale
 
 
@@ -82,10 +80,16 @@ class KafkaReporter:
 
         self.config = config
         self._ctx = ctx
-        self._ssl = ssl_context(config)
-        self._password = read_password(config)
         idem = config.enable_idempotence
-        self._idempotent = config.acks == "all" if idem is None else idem
+        self._producers = Producers(
+            config,
+            ctx,
+            idempotent=config.acks == "all" if idem is None else idem,
+            ssl_ctx=ssl_context(config),
+            password=read_password(config),
+            spawn=self._spawn,
+            gone=self._settle_generation,
+        )
         self._new_builder = partial(BatchBuilder, config.batch_size, CODECS[config.compression])
         self._max = config.buffer_max_records
         self._linger = config.linger_ms / 1000
@@ -94,7 +98,7 @@ class KafkaReporter:
         if config.headers:
             self._headers = [("task_id", ctx.task_id.encode()), ("agent_id", ctx.agent_id.encode())]
         # counters: see the module docstring
-        self._records = self._sent = self._failed = self._retried = self._connect_failed = 0
+        self._records = self._sent = self._failed = self._retried = 0
         self._drop_backpressure = self._drop_failed = self._drop_too_large = self._drop_closed = 0
         self._buffered = 0
         self._keys: dict[str, tuple[bytes | None, int]] = {}  # Call-ID -> (key, positive murmur2)
@@ -102,11 +106,6 @@ class KafkaReporter:
         self._staged: dict[str, list[tuple[bytes | None, bytes]]] = {}  # partitions unknown yet
         self._inflight: set[Batch] = set()
         self._rr = 0
-        self._producer: Any = None
-        self._gen = 0  # producer generation; batches remember theirs
-        self._live: dict[int, Any] = {}  # generations not fully stopped: current and retiring
-        self._ready = asyncio.Event()
-        self._reset = asyncio.Event()
         self._room = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
@@ -119,7 +118,7 @@ class KafkaReporter:
         """Start connecting in the background; records wait in the buffer until Kafka answers."""
         if not self._started:
             self._started = True
-            self._spawn(self._supervise())
+            self._spawn(self._producers.run())
 
     async def report(self, batch: list[OutputPacket]) -> None:
         """Buffer the batch's records; wait up to ``block_ms`` for room, then drop the rest."""
@@ -180,8 +179,7 @@ class KafkaReporter:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._producer = None
-        await asyncio.gather(*(self._stop(g, p) for g, p in list(self._live.items())))
+        await self._producers.stop_all()
         self._inflight.clear()
         if self._buffered:
             log.warning("kafka: closing with %d records undelivered", self._buffered)
@@ -197,7 +195,7 @@ class KafkaReporter:
             "report.kafka.sent": self._sent,
             "report.kafka.failed": self._failed,
             "report.kafka.retried": self._retried,
-            "report.kafka.connect_failed": self._connect_failed,
+            "report.kafka.connect_failed": self._producers.connect_failed,
             "report.drop.backpressure": self._drop_backpressure,
             "report.drop.kafka_failed": self._drop_failed,
             "report.drop.kafka_too_large": self._drop_too_large,
@@ -310,84 +308,8 @@ class KafkaReporter:
         if not task.cancelled() and task.exception() is not None:
             log.error("kafka: reporter task failed", exc_info=task.exception())
 
-    async def _supervise(self) -> None:
-        """Keep one started producer; replace it when asked (a failed idempotent batch)."""
-        from aiokafka.errors import IncompatibleBrokerVersion, UnsupportedVersionError  # noqa: PLC0415
-
-        backoff = self._backoff
-        cap = self.config.reconnect_backoff_max_ms / 1000
-        while True:
-            producer = new_producer(
-                self.config,
-                self._ctx,
-                idempotent=self._idempotent,
-                ssl_ctx=self._ssl,
-                password=self._password,
-            )
-            try:
-                await asyncio.wait_for(producer.start(), self.config.request_timeout_ms / 1000)
-            except (IncompatibleBrokerVersion, UnsupportedVersionError) as e:
-                if self.config.enable_idempotence is None and self._idempotent:
-                    await self._retire(producer, 0, _STOP_S)
-                    log.warning("kafka: broker lacks idempotent producing (%s): off", e)
-                    self._idempotent = False
-                    continue
-                await self._retire(producer, 0, _STOP_S)
-                self._connect_failed += 1
-                log.error("kafka: broker refuses this producer: %r", e)
-                backoff = cap
-                await asyncio.sleep(backoff)
-                continue
-            except Exception as e:
-                await self._retire(producer, 0, _STOP_S)
-                self._connect_failed += 1
-                if self._connect_failed == 1 or self._connect_failed % 50 == 0:
-                    brokers = ",".join(self.config.brokers)
-                    log.warning(
-                        "kafka: cannot reach %s (%d tries): %r", brokers, self._connect_failed, e
-                    )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, cap)
-                continue
-            except BaseException:
-                await force_close(producer)
-                raise
-            backoff = self._backoff
-            self._gen += 1
-            gen = self._gen
-            self._live[gen] = producer
-            self._producer = producer
-            self._reset.clear()
-            self._ready.set()
-            log.info("kafka: producer %d connected to %s", gen, ",".join(self.config.brokers))
-            await self._reset.wait()
-            log.info("kafka: replacing producer %d", gen)
-            self._ready.clear()
-            self._producer = None
-            # The old producer keeps retrying what it holds under its producer id, so the broker
-            # drops duplicates, while a new one takes the next batches. Forcing it closed could
-            # send twice a batch the broker wrote but never acknowledged.
-            self._spawn(self._retire(producer, gen, None))
-
-    async def _retire(self, producer: Any, gen: int, limit_s: float | None) -> None:
-        """Stop a producer (forcibly after ``limit_s``); what it never resolved goes back."""
-        try:
-            await asyncio.wait_for(producer.stop(), limit_s)
-        except Exception as e:
-            log.warning("kafka: producer %d did not stop cleanly: %r", gen, e)
-            await force_close(producer)
-        self._settle_generation(gen)
-
-    async def _stop(self, gen: int, producer: Any) -> None:
-        """At close: stop a producer briefly (flush already waited), then tear it down."""
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(producer.stop(), _STOP_S)
-        await force_close(producer)  # a retiring one was cancelled mid-stop: finish the job
-        self._settle_generation(gen)
-
     def _settle_generation(self, gen: int) -> None:
         """A producer is gone: settle its batches now (unanswered ones fail, to be resent)."""
-        self._live.pop(gen, None)
         for batch in [b for b in self._inflight if b.gen == gen]:
             if batch.future is not None:
                 self._settle(batch, batch.future)
@@ -398,19 +320,15 @@ class KafkaReporter:
             min(self._backoff * 2 ** min(tries, 16), self.config.reconnect_backoff_max_ms / 1000)
         )
 
-    def _request_reset(self, gen: int) -> None:
-        if gen == self._gen and self._producer is not None:
-            self._reset.set()
-
     # -- topics and lanes ------------------------------------------------------------------
 
     async def _resolve(self, topic: str) -> None:
         """Learn a topic's partition count (auto-creating it if the broker does), then route."""
         tries = 0
         while True:
-            producer = self._producer
+            producer = self._producers.current
             if producer is None:
-                await self._ready.wait()
+                await self._producers.ready.wait()
                 continue
             try:
                 parts = await producer.partitions_for(topic)
@@ -463,9 +381,10 @@ class KafkaReporter:
                 if wait > 0 and not self._flushing:
                     await asyncio.sleep(wait)  # let a lone record gather company
                     continue
-            producer, gen = self._producer, self._gen
+            producers = self._producers
+            producer, gen = producers.current, producers.gen
             if producer is None:
-                await self._ready.wait()
+                await producers.ready.wait()
                 continue
             if not lane.batches:
                 self._seal(lane)
@@ -479,7 +398,7 @@ class KafkaReporter:
             except KafkaTimeoutError:
                 continue  # aiokafka still holds this partition's previous batch: the broker is slow
             except ProducerClosed:
-                if producer is self._producer:  # not replaced yet: do not spin
+                if producer is producers.current:  # not replaced yet: do not spin
                     await asyncio.sleep(self._backoff)
                 continue  # replaced while we waited: the next turn takes the new one
             except Exception as e:
@@ -487,7 +406,7 @@ class KafkaReporter:
                 if errors == 1 or errors % 20 == 0:
                     log.warning("kafka: cannot queue for %s-%d: %r", lane.topic, lane.partition, e)
                 if not metadata_error(e):
-                    self._request_reset(gen)  # a producer whose sender died refuses everything
+                    producers.request_reset(gen)  # a producer whose sender died refuses everything
                 await asyncio.sleep(self._pause(errors))
                 continue
             errors = 0
@@ -501,7 +420,7 @@ class KafkaReporter:
             lane.inflight += 1
             self._inflight.add(batch)
             future.add_done_callback(partial(self._on_done, batch, batch.token))
-            if gen not in self._live:
+            if gen not in producers.live:
                 # Queued into a producer stopped while we waited: its sender is gone, resend.
                 self._settle(batch, future)
             if lane.partition == 0:
@@ -542,9 +461,9 @@ class KafkaReporter:
 
             exc = ProducerClosed()  # retired before the broker answered: resend
         self._failed += n
-        if self._idempotent:
+        if self._producers.idempotent:
             # aiokafka leaves a sequence gap behind a failed batch: only a new producer id heals it.
-            self._request_reset(batch.gen)
+            self._producers.request_reset(batch.gen)
         if self._closed:
             self._drop_closed += n
             self._release(n)
