@@ -60,7 +60,7 @@ from otus.plugins.reporter.kafka_producer import (
     retriable,
     set_record_count,
 )
-from otus.plugins.reporter.kafka_supervisor import Producers
+from otus.plugins.reporter.kafka_supervisor import STOP_S, Producers
 
 __all__ = ["KafkaConfig", "KafkaReporter", "murmur2", "partition_for"]
 
@@ -175,10 +175,8 @@ class KafkaReporter:
             return
         await self.flush()
         self._closed = True
-        tasks = list(self._tasks)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        self._producers.closing = True
+        await self._cancel_tasks()
         await self._producers.stop_all()
         self._inflight.clear()
         if self._buffered:
@@ -187,6 +185,20 @@ class KafkaReporter:
             self._buffered = 0
         self._lanes.clear()
         self._staged.clear()
+
+    async def _cancel_tasks(self) -> None:
+        """Cancel the reporter's tasks; wait a bounded time, cancelling again what survives."""
+        # A cancel can be lost inside aiokafka or wait_for() (Python 3.11): ask again.
+        for _ in range(3):
+            tasks = [t for t in self._tasks if not t.done()]
+            if not tasks:
+                return
+            for t in tasks:
+                t.cancel()
+            await asyncio.wait(tasks, timeout=STOP_S)
+        left = [t for t in self._tasks if not t.done()]
+        if left:
+            log.warning("kafka: %d reporter task(s) did not stop; abandoning them", len(left))
 
     def stats(self) -> Mapping[str, int]:
         """Counters and the buffered gauge (names in the module docstring)."""

@@ -48,6 +48,7 @@ class Producers:
         self.gen = 0  # the current producer's generation; batches remember theirs
         self.live: dict[int, Any] = {}  # generations not fully stopped: current and retiring
         self.connect_failed = 0
+        self.closing = False  # set before the run task is cancelled: see run()
         self.ready = asyncio.Event()
         self._reset = asyncio.Event()
 
@@ -58,7 +59,10 @@ class Producers:
         cfg = self._config
         first = backoff = cfg.retry_backoff_ms / 1000
         cap = cfg.reconnect_backoff_max_ms / 1000
-        while True:
+        # Not `while True`: on Python 3.11, wait_for() can swallow a cancel that arrives as the
+        # connection attempt fails (raising the connection error instead), and the loop would
+        # retry forever after close() gave up on it.
+        while not self.closing:
             producer = new_producer(
                 cfg,
                 self._ctx,
@@ -77,7 +81,8 @@ class Producers:
                 self.connect_failed += 1
                 log.error("kafka: broker refuses this producer: %r", e)
                 backoff = cap
-                await asyncio.sleep(backoff)
+                if not self.closing:
+                    await asyncio.sleep(backoff)
                 continue
             except Exception as e:
                 await self.retire(producer, 0, STOP_S)
@@ -87,12 +92,16 @@ class Producers:
                     log.warning(
                         "kafka: cannot reach %s (%d tries): %r", brokers, self.connect_failed, e
                     )
-                await asyncio.sleep(backoff)
+                if not self.closing:
+                    await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, cap)
                 continue
             except BaseException:
                 await force_close(producer)
                 raise
+            if self.closing:
+                await self.retire(producer, 0, STOP_S)
+                return
             backoff = first
             self.gen += 1
             gen = self.gen

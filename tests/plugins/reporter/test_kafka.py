@@ -497,3 +497,22 @@ async def test_tls_with_the_broker_ca(kafka_broker: KafkaBroker) -> None:
     await reporter.close()
     assert reporter.stats()["report.kafka.sent"] == 10
     assert len(await read_topic(kafka_broker.bootstrap, cfg.topic or "")) == 10
+
+
+async def test_close_returns_while_an_unreachable_broker_is_being_retried() -> None:
+    # close() cancels the connecting task; on Python 3.11 that cancel can be lost as a connection
+    # attempt fails, and a reporter that retried on regardless kept `otus run` alive forever.
+    # Closing at different moments of the retry cycle hits that window.
+    for delay in (0.0, 0.05, 0.1, 0.2, 0.3, 0.45):
+        cfg = config(f"127.0.0.1:{free_port()}", flush_timeout_ms=100, retry_backoff_ms=50)
+        reporter = KafkaReporter(cfg, CTX)
+        await reporter.report(calls(5, 1))
+        await asyncio.sleep(delay)
+        await asyncio.wait_for(reporter.close(), 20)
+        stats = reporter.stats()
+        assert stats["report.drop.kafka_closed"] == 5
+        assert_balanced(stats)
+        await asyncio.sleep(0.3)  # nothing keeps connecting after close
+        after = reporter.stats()["report.kafka.connect_failed"]
+        await asyncio.sleep(0.3)
+        assert reporter.stats()["report.kafka.connect_failed"] == after
