@@ -62,6 +62,7 @@ from otus.control.fleet import (
     parse_command,
 )
 from otus.control.jsonrpc import SHUTTING_DOWN, error_for
+from otus.core.aio import cancel_requested
 from otus.core.stats import drops
 
 __all__ = ["KafkaPlane", "heartbeat"]
@@ -197,6 +198,8 @@ class KafkaPlane:
                 try:
                     await self._session()
                 except Exception as e:
+                    if cancel_requested():
+                        raise asyncio.CancelledError from e
                     tries += 1
                     if tries == 1 or tries % 10 == 0:
                         log.warning("kafka command plane: no broker, or failed; retrying",

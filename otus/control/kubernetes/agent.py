@@ -41,6 +41,7 @@ from otus.control.kubernetes.model import (
     parse_capture_task,
     task_id_for,
 )
+from otus.core.aio import cancel_requested
 from otus.core.errors import OtusError, SpecError, TaskError, TaskExistsError, TaskNotFoundError
 from otus.core.kube import ApiError, KubeClient, KubeConfig, Reflector
 from otus.core.stats import drops
@@ -223,7 +224,9 @@ class KubernetesAgent:
                 key = self._dirty.pop()
                 try:
                     await self._reconcile(key)
-                except Exception:  # one bad object must not stop the others
+                except Exception as e:  # one bad object must not stop the others
+                    if cancel_requested():
+                        raise asyncio.CancelledError from e
                     log.exception("capturetask %s: reconcile failed", key)
 
     # -- reconcile one CaptureTask -------------------------------------------------------

@@ -9,6 +9,7 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from otus.core.aio import cancel_requested
 from otus.plugins.base import PluginContext
 from otus.plugins.reporter.kafka_config import KafkaConfig
 from otus.plugins.reporter.kafka_producer import force_close, new_producer
@@ -86,6 +87,8 @@ class Producers:
                 continue
             except Exception as e:
                 await self.retire(producer, 0, STOP_S)
+                if cancel_requested():
+                    raise asyncio.CancelledError from e
                 self.connect_failed += 1
                 if self.connect_failed == 1 or self.connect_failed % 50 == 0:
                     brokers = ",".join(cfg.brokers)
