@@ -60,7 +60,6 @@ COUNTERS: Final = (
 )
 
 _CRLFS: Final = re.compile(rb"[\r\n]+")
-_HDR_END: Final = re.compile(rb"\r?\n\r?\n")
 _CONTENT_LENGTH: Final = re.compile(rb"\n(?:content-length|l)[ \t]*:([^\n]*)", re.I)
 _START_LINE_MAX: Final = 2048  # as looks_like_sip: a longer first line is not a start line
 _CSEQ: Final = re.compile(rb"\ncseq[ \t]*:[ \t]*[0-9]+[ \t]+([!-~]+)", re.I)
@@ -218,14 +217,14 @@ class Framer:
                     h.bol = YES
                     continue
                 # The header block ends at the first empty line, with the start line's line
-                # ends (one scan); a block that mixes CRLF and bare LF needs the regex.
+                # ends (one scan); a block that mixes CRLF and bare LF needs two more.
                 s0 = h.scan if h.scan > eol else eol - crlf
                 he = b.find(b"\r\n\r\n" if crlf else b"\n\n", s0)
                 if he >= 0:
                     bs = he + 4 if crlf else he + 2
                 else:
-                    m = _HDR_END.search(b, s0)
-                    if m is None:
+                    he, bs = _mixed_end(b, s0)
+                    if he < 0:
                         if n - pos > mx:  # a header block that does not end within the bound
                             c["parse.drop.too_large"] += 1
                             c[DROPPED] += n - pos
@@ -236,7 +235,6 @@ class Framer:
                             break
                         h.scan = n - 3 if n - 3 > eol else eol
                         break
-                    he, bs = m.span()
                 h.scan = 0
                 if h.unsure:  # right after a gap: its first bytes may be lost ("VITE sip:...")
                     h.unsure = False
@@ -429,6 +427,20 @@ class Framer:
 
 def _flen(h: Half) -> int:
     return len(h.frag) if h.frag is not None else 0
+
+
+def _mixed_end(b: Buf, s: int) -> tuple[int, int]:
+    """The span of the first ``\\r?\\n\\r?\\n`` from ``s``, or (-1, -1)."""
+    # Two finds, not that regex: it tries every byte, five times slower on a partial header.
+    i = b.find(b"\n\n", s)
+    j = b.find(b"\n\r\n", s)
+    if j >= 0 and (i < 0 or j < i):
+        i, e = j, j + 3
+    elif i >= 0:
+        e = i + 2
+    else:
+        return -1, -1
+    return (i - 1, e) if i > s and b[i - 1] == 13 else (i, e)
 
 
 def _plausible(b: Buf, pos: int, he: int) -> bool:
