@@ -1,4 +1,7 @@
-"""Minimal pcap (microsecond) reader and writer that keep timestamps and lengths exact."""
+"""Minimal pcap (microsecond) reader and writer that keep timestamps and lengths exact.
+
+Also the pcapng blocks a test needs to build a file by hand, lying headers included.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["Frame", "PcapWriter", "iter_pcap", "read_pcap", "write_pcap"]
+__all__ = [
+    "Frame",
+    "PcapWriter",
+    "epb",
+    "idb",
+    "iter_pcap",
+    "read_pcap",
+    "shb",
+    "write_pcap",
+    "write_pcapng",
+]
 
 _MAGIC_US = 0xA1B2C3D4
 _MAGIC_NS = 0xA1B23C4D
@@ -86,3 +99,41 @@ def write_pcap(path: str | Path, frames: Iterable[Frame], linktype: int = 1) -> 
 def iter_pcap(path: str | Path) -> Iterator[Frame]:
     """The frames of a pcap (convenience over :func:`read_pcap`)."""
     yield from read_pcap(path)[1]
+
+
+def _block(btype: int, body: bytes) -> bytes:
+    """A pcapng block: type, total length, body padded to 4 bytes, total length again."""
+    body += b"\0" * (-len(body) % 4)
+    n = len(body) + 12
+    return struct.pack("<II", btype, n) + body + struct.pack("<I", n)
+
+
+def shb() -> bytes:
+    """A little-endian Section Header Block, version 1.0, section length unknown."""
+    return _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+
+
+def idb(linktype: int = 1, *, tsresol: int | None = None, tsoffset_s: int = 0) -> bytes:
+    """An Interface Description Block, with if_tsresol and if_tsoffset options when given."""
+    opts = b""
+    if tsresol is not None:
+        opts += struct.pack("<HHB3x", 9, 1, tsresol)
+    if tsoffset_s:
+        opts += struct.pack("<HHq", 14, 8, tsoffset_s)
+    if opts:
+        opts += struct.pack("<HH", 0, 0)
+    return _block(1, struct.pack("<HHI", linktype, 0, 262144) + opts)
+
+
+def epb(ticks: int, data: bytes, iface: int = 0) -> bytes:
+    """An Enhanced Packet Block: ``ticks`` in its interface's resolution (default microseconds)."""
+    head = struct.pack("<IIIII", iface, ticks >> 32, ticks & 0xFFFFFFFF, len(data), len(data))
+    return _block(6, head + data)
+
+
+def write_pcapng(path: str | Path, frames: Iterable[Frame], linktype: int = 1) -> int:
+    """Write frames to a new pcapng (one section, one interface, microseconds); returns how many."""
+    blocks = [shb(), idb(linktype)]
+    blocks += [epb(f.ts_us, f.data) for f in frames]
+    Path(path).write_bytes(b"".join(blocks))
+    return len(blocks) - 2

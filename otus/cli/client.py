@@ -13,9 +13,10 @@ is not running (no socket, or nobody listening on it).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ __all__ = [
     "connect",
     "print_json",
     "resolve_socket",
+    "seconds",
     "table",
 ]
 
@@ -40,6 +42,26 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
+DAY_S = 86400.0
+
+
+def seconds(max_s: float = DAY_S, *, zero: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds, > 0 (>= 0 with ``zero``), <= ``max_s``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        above_zero = value >= 0 if zero else value > 0
+        if not (math.isfinite(value) and above_zero and value <= max_s):
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number of seconds, {'>=' if zero else '>'} 0 and at most "
+                f"{max_s:.0f}, not {text!r}"
+            )
+        return value
+
+    return parse
 
 
 def client_parent() -> argparse.ArgumentParser:
@@ -49,7 +71,7 @@ def client_parent() -> argparse.ArgumentParser:
     g.add_argument("--socket", metavar="PATH", help="control socket (default: see otus --help)")
     g.add_argument("--config", metavar="PATH", help="read the socket path from this config")
     g.add_argument(
-        "--timeout", type=float, default=60.0, metavar="SECONDS", help="reply timeout (60)"
+        "--timeout", type=seconds(), default=60.0, metavar="SECONDS", help="reply timeout (60)"
     )
     p.add_argument(
         "-o", "--output", choices=("table", "json"), default="table", help="output format"

@@ -23,18 +23,30 @@ import sys
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
-from otus.cli.client import EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE, ago, table
+from otus.cli.client import (
+    EXIT_FAILED,
+    EXIT_NOT_RUNNING,
+    EXIT_OK,
+    EXIT_USAGE,
+    ago,
+    seconds,
+    table,
+)
 from otus.cli.task import _read_spec as read_spec  # the same task files as `otus task create`
 from otus.control.base import KafkaSettings
 from otus.control.fleet import BrokerUnreachableError, Target
 from otus.control.fleet_client import FleetClient, stale
 from otus.core.errors import ConfigError, ReporterError
 from otus.core.stats import drops
+from otus.pipeline.spec import format_validation_error
+from otus.plugins.reporter.kafka_config import check_broker
 
 __all__ = ["register"]
 
 EXIT_UNREACHABLE = EXIT_NOT_RUNNING  # 3, as "daemon not running" for the socket commands
+_MONTH_S = 30 * 86400.0
 
 
 def _parent() -> argparse.ArgumentParser:
@@ -46,7 +58,7 @@ def _parent() -> argparse.ArgumentParser:
     g.add_argument("--reply-topic", metavar="TOPIC")
     g.add_argument("--status-topic", metavar="TOPIC")
     g.add_argument(
-        "--timeout", type=float, default=15.0, metavar="SECONDS", help="connect timeout (15)"
+        "--timeout", type=seconds(), default=15.0, metavar="SECONDS", help="connect timeout (15)"
     )
     p.add_argument(
         "-o", "--output", choices=("table", "json"), default="table", help="output format"
@@ -60,11 +72,11 @@ def _targeting() -> argparse.ArgumentParser:
     g.add_argument("--agent", action="append", default=[], metavar="ID", help="an agent id")
     g.add_argument("--tag", action="append", default=[], metavar="K=V", help="a tag to match")
     g.add_argument(
-        "--wait", type=float, default=30.0, metavar="SECONDS", help="wait for replies (30)"
+        "--wait", type=seconds(), default=30.0, metavar="SECONDS", help="wait for replies (30)"
     )
     g.add_argument(
         "--expire",
-        type=float,
+        type=seconds(_MONTH_S, zero=True),
         default=0.0,
         metavar="SECONDS",
         help="agents ignore the command after this long (default: never)",
@@ -85,7 +97,7 @@ def register(sub: Any) -> None:
     a = fsub.add_parser("agents", parents=[parent], help="agents heard from (heartbeats)")
     a.add_argument(
         "--window",
-        type=float,
+        type=seconds(_MONTH_S),
         default=600.0,
         metavar="SECONDS",
         help="read heartbeats this far back (600)",
@@ -115,7 +127,14 @@ def settings_from(args: argparse.Namespace) -> KafkaSettings:
 
     base = load_config(config_path(getattr(args, "config", None))).kafka
     brokers_arg = args.brokers or os.environ.get("OTUS_KAFKA_BROKERS", "")
-    brokers = [b.strip() for b in brokers_arg.split(",") if b.strip()] or list(base.brokers)
+    brokers = [b.strip() for b in brokers_arg.split(",") if b.strip()]
+    for b in brokers:  # the config's brokers were checked by load_config
+        try:
+            check_broker(b)
+        except ValueError as e:
+            where = "--brokers" if args.brokers else "$OTUS_KAFKA_BROKERS"
+            raise ConfigError(f"{where}: {e}") from None
+    brokers = brokers or list(base.brokers)
     if not brokers:
         raise ConfigError(
             "no Kafka brokers: give --brokers, set OTUS_KAFKA_BROKERS, or kafka.brokers in the "
@@ -127,8 +146,8 @@ def settings_from(args: argparse.Namespace) -> KafkaSettings:
             update[name] = getattr(args, name)
     try:
         return KafkaSettings.model_validate({**base.model_dump(), **update})
-    except ValueError as e:
-        raise ConfigError(f"kafka settings: {e}") from None
+    except ValidationError as e:
+        raise ConfigError(f"kafka settings: {'; '.join(format_validation_error(e))}") from None
 
 
 def _target(args: argparse.Namespace) -> Target:

@@ -10,14 +10,33 @@ import sys
 from types import FrameType
 from typing import Any
 
+from otus.cli.client import seconds
 from otus.core.errors import CaptureInputError, ConfigError
 from otus.core.stats import format_summary
 from otus.pipeline.spec import load_task, parse_task
+from otus.plugins.capture.afpacket.config import check_ifname
 from otus.task.runner import TaskRunner
 
 __all__ = ["EXIT_INTERRUPTED", "build_spec", "check_capture", "register"]
 
 EXIT_INTERRUPTED = 130  # a second SIGINT/SIGTERM: stopped at once, reporters not flushed
+_MAX_DURATION_S = 30 * 86400.0  # LimitsSpec.duration_s's bound
+
+
+# Drops that mean a reporter failed to deliver (not a policy such as a size limit or
+# backpressure under overload, nor a reader that closed stdout): `otus run` then exits 1.
+_UNDELIVERED = (
+    "report.drop.kafka_failed",
+    "report.drop.kafka_closed",
+    "report.drop.reporter_error",
+)
+
+
+def _ifname(text: str) -> str:
+    try:
+        return check_ifname(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def register(sub: Any) -> None:
@@ -31,7 +50,13 @@ def register(sub: Any) -> None:
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument("-r", "--read", metavar="FILE", help="read a pcap/pcapng file")
-    src.add_argument("-i", "--interface", metavar="IFACE", help="capture live (needs CAP_NET_RAW)")
+    src.add_argument(
+        "-i",
+        "--interface",
+        type=_ifname,
+        metavar="IFACE",
+        help="capture live (needs CAP_NET_RAW)",
+    )
     p.add_argument(
         "-f", "--filter", metavar="BPF", help="BPF filter in tcpdump syntax (live: -i or --task)"
     )
@@ -44,7 +69,9 @@ def register(sub: Any) -> None:
         choices=("json", "text"),
         help="record format (default: json when stdout is not a terminal, else text)",
     )
-    p.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    p.add_argument(
+        "--duration", type=seconds(_MAX_DURATION_S), metavar="SECONDS", help="stop after this long"
+    )
     p.add_argument("--max-packets", type=int, metavar="N", help="stop after N captured frames")
     p.set_defaults(func=run)
 
@@ -139,6 +166,12 @@ async def _run(args: argparse.Namespace) -> int:
     print(f"otus: {format_summary(stats)}", file=sys.stderr)
     if runner.error:
         print(f"otus: task failed: {runner.error}", file=sys.stderr)
+        return 1
+    lost = {k: v for k in _UNDELIVERED if (v := stats.get(k, 0))}
+    if lost:
+        # A batch job whose records never reached Kafka must not look like a success.
+        what = " ".join(f"{k.replace('.drop.', '.')}={v}" for k, v in lost.items())
+        print(f"otus: {sum(lost.values())} records were not delivered ({what})", file=sys.stderr)
         return 1
     return 0
 

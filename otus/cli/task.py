@@ -12,7 +12,7 @@ import yaml
 from otus.cli.client import EXIT_OK, ago, client_parent, connect, print_json, table
 from otus.core.errors import SpecError
 from otus.core.stats import drops
-from otus.pipeline.spec import load_task, parse_task
+from otus.pipeline.spec import document_error, load_task, parse_task
 
 __all__ = ["register"]
 
@@ -49,8 +49,8 @@ def _read_spec(path: str) -> dict[str, Any]:
     text = sys.stdin.read()
     try:
         data = yaml.safe_load(text)  # JSON is YAML too
-    except yaml.YAMLError as e:
-        raise SpecError(f"stdin: not valid YAML or JSON: {e}") from None
+    except (ValueError, RecursionError, yaml.YAMLError) as e:
+        raise SpecError(f"stdin: not valid YAML or JSON: {document_error(e)}") from None
     if isinstance(data, dict) and "task" in data and "id" not in data:
         data = data["task"]
     return parse_task(data, "stdin").model_dump(mode="json", exclude_unset=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import math
 import socket
 import time
 import uuid
@@ -73,8 +74,11 @@ class FleetClient:
         from aiokafka.errors import KafkaError  # noqa: PLC0415
 
         s = self.settings
+        timeout_s = self.connect_timeout_s
+        if not (math.isfinite(timeout_s) and timeout_s > 0):  # asyncio and int() would choke
+            raise ValueError(f"connect_timeout_s must be a finite number > 0, not {timeout_s}")
         kw = client_kwargs(s, self.client_id)
-        kw["request_timeout_ms"] = min(s.request_timeout_ms, int(self.connect_timeout_s * 1000))
+        kw["request_timeout_ms"] = max(1, min(s.request_timeout_ms, int(timeout_s * 1000)))
         self._producer = AIOKafkaProducer(**kw, acks="all", linger_ms=0)
         self._consumer = AIOKafkaConsumer(
             **kw, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=200
@@ -86,8 +90,10 @@ class FleetClient:
                 await self._consumer.start()
                 if s.create_topics:
                     await ensure_topics(s, kw)
-        except (TimeoutError, KafkaError, OSError) as e:
-            await self.close()
+        except BaseException as e:
+            await self.close()  # or aiokafka warns of unclosed clients at exit
+            if not isinstance(e, TimeoutError | KafkaError | OSError):
+                raise
             raise BrokerUnreachableError(
                 f"no Kafka broker answered at {brokers} within {self.connect_timeout_s:g} s"
                 f" ({type(e).__name__})"

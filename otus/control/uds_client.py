@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import socket
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,18 @@ from otus.core.errors import ControlError, DaemonNotRunningError, RpcError
 __all__ = ["UdsClient"]
 
 _MAX_REPLY = 64 << 20
+_MAX_TIMEOUT_S = 1e6  # socket.settimeout overflows somewhere past 1e9 s
 
 
 class UdsClient:
     """One connection per call; each call waits at most ``timeout`` seconds for its reply."""
 
     def __init__(self, path: str | Path, timeout: float = 60.0) -> None:
+        if not (math.isfinite(timeout) and 0 < timeout <= _MAX_TIMEOUT_S):
+            raise ValueError(
+                f"timeout must be a finite number of seconds > 0, at most {_MAX_TIMEOUT_S:.0f}, "
+                f"not {timeout}"
+            )
         self.path = Path(path)
         self.timeout = timeout
         self._ids = itertools.count(1)

@@ -37,12 +37,24 @@ from otus.control.jsonrpc import (
 from otus.control.jsonrpc import handle_payload as _handle
 from otus.core.errors import ControlError
 
-__all__ = ["UdsServer", "socket_in_use"]
+__all__ = ["UdsServer", "make_socket_dir", "socket_in_use"]
 
 log = structlog.stdlib.get_logger("otus.control")
 
 _CRED = struct.Struct("3i")
 _WRITE_TIMEOUT_S = 30.0
+
+
+def make_socket_dir(path: Path) -> None:
+    """Create the socket's directory ``0750`` when it is missing; an existing one is left as is."""
+    parent = path.parent
+    if parent.is_dir():
+        return
+    try:
+        parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        os.chmod(parent, 0o750)  # noqa: S103 - the documented mode, whatever the umask
+    except OSError as e:
+        raise ControlError(f"cannot create the socket directory {parent}: {e.strerror}") from None
 
 
 def socket_in_use(path: Path) -> bool:
@@ -109,7 +121,7 @@ class UdsServer:
         """Bind and listen; raise ControlError when another process serves this socket."""
         if socket_in_use(self.path):
             raise ControlError(f"another daemon is listening on {self.path}")
-        self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        make_socket_dir(self.path)
         with contextlib.suppress(FileNotFoundError):
             if not stat.S_ISSOCK(self.path.lstat().st_mode):
                 raise ControlError(f"{self.path} exists and is not a socket")

@@ -9,7 +9,10 @@ import orjson
 
 from otus.core.packet import IPPROTO_TCP, Encap, OutputPacket
 
-__all__ = ["dumps", "encap_dict", "format_ts", "record_bytes", "to_record"]
+__all__ = ["TS_MAX_US", "dumps", "encap_dict", "format_ts", "record_bytes", "to_record"]
+
+# The last microsecond RFC 3339 can write (9999-12-31T23:59:59.999999Z); the first is the epoch.
+TS_MAX_US = 253_402_300_799_999_999
 
 _TRANSPORT = {IPPROTO_TCP: "tcp", 17: "udp"}
 _sec_cache: dict[int, str] = {}
@@ -24,7 +27,9 @@ _NO_ENCAP: dict[str, Any] = {}  # record_bytes only: never handed out, never cha
 
 
 def _ms_prefix(ms: int) -> str:
-    sec, frac = divmod(ms, 1000)
+    # Clamped here, on the cache miss only: a timestamp before 1970 or after year 9999 (a bad
+    # if_tsresol) prints as the first or last millisecond instead of failing in gmtime.
+    sec, frac = divmod(min(max(ms, 0), TS_MAX_US // 1000), 1000)
     prefix = _sec_cache.get(sec)
     if prefix is None:
         if len(_sec_cache) > 4096:  # bounded: a capture spans few distinct seconds per batch
@@ -37,7 +42,7 @@ def _ms_prefix(ms: int) -> str:
 
 
 def format_ts(ts_us: int) -> str:
-    """RFC 3339 UTC with microseconds, e.g. ``2026-11-22T10:00:00.123456Z``."""
+    """RFC 3339 UTC with microseconds, e.g. ``2026-11-22T10:00:00.123456Z``; years 1970-9999."""
     ms, us = divmod(ts_us, 1000)
     prefix = _ms_cache.get(ms)
     if prefix is None:

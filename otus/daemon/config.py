@@ -31,7 +31,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator
 from otus.control.base import KafkaSettings, KubernetesSettings
 from otus.core.errors import ConfigError
 from otus.core.model import SpecModel
-from otus.pipeline.spec import format_validation_error
+from otus.pipeline.spec import document_error, format_validation_error
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -251,8 +251,8 @@ def _coerce(parts: list[str], raw: str) -> Any:
         return [p.strip() for p in raw.split(",") if p.strip()]
     try:
         return yaml.safe_load(raw) if raw.strip() else raw
-    except yaml.YAMLError:
-        return raw
+    except (ValueError, RecursionError, yaml.YAMLError):
+        return raw  # the text as is: validation then says what is wrong with it
 
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> list[str]:
@@ -289,8 +289,8 @@ def load_config(
             raise ConfigError(f"cannot read config file {str(p)!r}: {e}") from None
         try:
             loaded = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        except (ValueError, RecursionError, yaml.YAMLError) as e:
+            raise ConfigError(f"{p}: not valid YAML: {document_error(e)}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the config must be a mapping")
         data = loaded or {}

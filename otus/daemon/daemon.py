@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import importlib
 import os
 import signal
@@ -40,7 +39,7 @@ import structlog
 from otus import __version__
 from otus.control.base import ControlPlane, PlaneContext
 from otus.control.commands import Commands
-from otus.control.uds_server import UdsServer
+from otus.control.uds_server import UdsServer, make_socket_dir
 from otus.core.errors import ConfigError
 from otus.daemon.config import GlobalConfig, load_config
 from otus.daemon.logging import LogRuntime
@@ -117,6 +116,7 @@ class Daemon:
         d = self.config.daemon
         pid = LockFile(d.pid_file, "pid file")
         sock_lock = LockFile(d.socket_path + ".lock", "socket lock")
+        make_socket_dir(Path(d.socket_path))  # before the lock file, which would make it 0755
         pid.acquire()
         try:
             sock_lock.acquire()
@@ -340,8 +340,14 @@ class Daemon:
             self._tg.create_task(self._reload_quietly(), name="reload")
 
     async def _reload_quietly(self) -> None:
-        with contextlib.suppress(ConfigError):  # already logged; the old config stays
+        # An exception here would end the daemon's task group: whatever fails, log it and keep
+        # the old config (a ConfigError is already logged by reload()).
+        try:
             await self.reload()
+        except ConfigError:
+            pass
+        except Exception:
+            log.exception("config reload failed; keeping the current config")
 
     async def reload(self) -> dict[str, Any]:
         """Re-read the config file and environment; apply log and limits."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -15,6 +16,8 @@ from otus.pipeline.latency import Histogram
 from otus.plugins.base import Capturer, HasStats, Parser, PluginContext, Processor, Reporter
 
 __all__ = ["STAGES", "Pipeline"]
+
+log = logging.getLogger(__name__)
 
 STAGES = ("decode", "parse", "process", "report")
 _HOUSEKEEPING_S = 1.0
@@ -161,13 +164,24 @@ class Pipeline:
         lat["process"].observe(t3 - t2)
 
         if outs:
-            self._records += len(outs)
-            for r in self.reporters:
-                try:
-                    await r.report(outs)
-                except Exception:
-                    self._reporter_errors += len(outs)
+            await self._report(outs)
             lat["report"].observe(clock() - t3)
+
+    async def _report(self, outs: list[OutputPacket]) -> None:
+        """Hand a batch to every reporter; one that raises makes it a drop, not a record."""
+        failed = False
+        for r in self.reporters:
+            try:
+                await r.report(outs)
+            except Exception as e:
+                if not failed and not self._reporter_errors:  # once: the counter tells the rest
+                    log.error("reporter %s failed, records dropped: %r", type(r).__name__, e)
+                failed = True
+        # Counted once, in one place: records + reporter errors = what reached this stage.
+        if failed:
+            self._reporter_errors += len(outs)
+        else:
+            self._records += len(outs)
 
     async def _drain(self) -> None:
         """End of capture: parsers with a ``drain(out)`` (TCP streams) report what they hold."""
@@ -182,12 +196,7 @@ class Pipeline:
         for proc in self.processors:
             outs = proc.process(outs)
         if outs:
-            self._records += len(outs)
-            for r in self.reporters:
-                try:
-                    await r.report(outs)
-                except Exception:
-                    self._reporter_errors += len(outs)
+            await self._report(outs)
 
     async def _housekeeping(self) -> None:
         """Expire reassembly state on idle links, enforce the duration, publish stats."""

@@ -8,6 +8,7 @@ bounded.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,6 +34,7 @@ __all__ = [
     "ProcessorSpec",
     "ReporterSpec",
     "TaskSpec",
+    "document_error",
     "format_validation_error",
     "load_task",
     "parse_task",
@@ -134,7 +136,7 @@ CaptureSpec = Annotated[PcapConfig | AfpacketConfig, Field(discriminator="type")
 class LimitsSpec(SpecModel):
     """Optional bounds after which a task stops by itself."""
 
-    duration_s: float | None = Field(default=None, gt=0, le=30 * 86400)
+    duration_s: float | None = Field(default=None, gt=0, le=30 * 86400, allow_inf_nan=False)
     max_packets: int | None = Field(default=None, ge=1, le=2**53)
 
 
@@ -175,6 +177,17 @@ def format_validation_error(e: ValidationError) -> list[str]:
     return lines
 
 
+def document_error(e: Exception) -> str:
+    """Why a YAML or JSON document could not be read, in words for whoever wrote it."""
+    # Both parsers recurse per nesting level and int() refuses huge literals: neither raises
+    # its own error type, and Python's wording names internals (recursion, set_int_max_str_digits).
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    if isinstance(e, ValueError) and "Exceeds the limit" in str(e):
+        return f"an integer has more than {sys.get_int_max_str_digits()} digits"
+    return str(e)
+
+
 def parse_task(data: Any, source: str = "task") -> TaskSpec:
     """Validate a task given as a dict; raise SpecError with readable lines."""
     if not isinstance(data, dict):
@@ -194,10 +207,9 @@ def load_task(path: str | Path) -> TaskSpec:
         raise SpecError(f"cannot read task file {str(p)!r}: {e}") from None
     try:
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as e:
-        raise SpecError(
-            f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}"
-        ) from None
+    except (ValueError, RecursionError, yaml.YAMLError) as e:
+        kind = "JSON" if p.suffix == ".json" else "YAML"
+        raise SpecError(f"{p}: not valid {kind}: {document_error(e)}") from None
     if isinstance(data, dict) and "task" in data and "id" not in data:
         data = data["task"]  # accept the plan's command envelope {"command": ..., "task": {...}}
     return parse_task(data, str(p))

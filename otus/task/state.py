@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from otus.core.errors import ConfigError
+from otus.pipeline.spec import document_error
 
 __all__ = ["STATE_VERSION", "SavedTask", "StateFile"]
 
@@ -88,12 +89,13 @@ class StateFile:
             data = json.loads(raw)
             if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
                 raise ValueError("no task list")
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: nested too deeply
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             with contextlib.suppress(OSError):
                 os.replace(self.path, aside)
             raise ConfigError(
-                f"state file {self.path} is corrupt ({e}); moved to {aside}, starting empty"
+                f"state file {self.path} is corrupt ({document_error(e)}); moved to {aside}, "
+                "starting empty"
             ) from None
         tasks: list[SavedTask] = []
         problems: list[str] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import stat
 from collections.abc import AsyncIterator
@@ -15,7 +16,8 @@ import pytest
 import pytest_asyncio
 
 from otus.control.jsonrpc import TOO_MANY_CLIENTS
-from otus.control.uds_server import UdsServer, socket_in_use
+from otus.control.uds_client import UdsClient
+from otus.control.uds_server import UdsServer, make_socket_dir, socket_in_use
 from otus.core.errors import ControlError
 
 
@@ -50,6 +52,24 @@ async def test_socket_mode_and_parent_dir(server: UdsServer) -> None:
     assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
     assert stat.S_IMODE(server.path.parent.stat().st_mode) == 0o750
     assert socket_in_use(server.path)
+
+
+def test_socket_dir_is_0750_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        make_socket_dir(tmp_path / "a" / "b" / "s.sock")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a" / "b").stat().st_mode) == 0o750
+    (tmp_path / "mine").mkdir(mode=0o700)
+    make_socket_dir(tmp_path / "mine" / "s.sock")  # an existing directory is the admin's
+    assert stat.S_IMODE((tmp_path / "mine").stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("timeout", [-1.0, 0.0, float("nan"), float("inf"), 1e12])
+def test_client_refuses_an_unusable_timeout(timeout: float) -> None:
+    with pytest.raises(ValueError, match="timeout must be a finite number of seconds > 0"):
+        UdsClient("/nonexistent.sock", timeout=timeout)
 
 
 async def test_concurrent_clients_are_served_concurrently(server: UdsServer) -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from otus.core import record
 from otus.core.packet import Encap, OutputPacket, Tunnel
-from otus.core.record import dumps, format_ts, record_bytes, to_record
+from otus.core.record import TS_MAX_US, dumps, format_ts, record_bytes, to_record
 from otus.decoder import Decoder
 from otus.plugins.base import PluginContext
 from otus.plugins.capture.pcapfile import read_batches
@@ -23,6 +23,10 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 
 def reference_ts(ts_us: int) -> str:
     """The definition: RFC 3339, UTC, microseconds, Z."""
+    if not 0 <= ts_us <= TS_MAX_US:
+        # Outside 1970-9999 the millisecond is clamped (the fast path keeps the microseconds).
+        ms = min(max(ts_us // 1000, 0), TS_MAX_US // 1000)
+        ts_us = ms * 1000 + ts_us % 1000
     sec, us = divmod(ts_us, 1_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{us:06d}Z"
 
@@ -53,6 +57,17 @@ def test_timestamps() -> None:
     assert format_ts(1_795_315_633_000_000) == "2026-11-22T02:47:13.000000Z"
 
 
+def test_timestamps_outside_rfc3339_are_clamped_not_raised() -> None:
+    """Before 1970 or after 9999 (a bad if_tsresol): the first or last millisecond, no error."""
+    assert format_ts(TS_MAX_US) == "9999-12-31T23:59:59.999999Z"
+    for ts in (TS_MAX_US + 1, 2**64 * 1_000_000, 10**40):
+        assert format_ts(ts).startswith("9999-12-31T23:59:59.999"), ts
+    for ts in (-1, -(2**63), -(10**40)):
+        assert format_ts(ts).startswith("1970-01-01T00:00:00.000"), ts
+    out = OutputPacket(2**64 * 1_000_000, "a", "b", 1, 2, 17, "sip", {}, {}, None)
+    assert orjson.loads(record_bytes(out))["ts"] == to_record(out)["ts"] == format_ts(out.ts_us)
+
+
 def test_the_millisecond_cache_stays_bounded() -> None:
     base = 1_795_315_633_000_000
     for i in range(record._MS_CACHE_MAX + 10):
@@ -80,7 +95,7 @@ encaps = st.none() | st.builds(
 
 @settings(max_examples=300, deadline=None)
 @given(
-    ts=st.integers(-(2**40), 2**53),
+    ts=st.integers(-(2**40), 2**53) | st.integers(-(2**70), 2**70),
     ips=st.tuples(text, text),
     ports=st.tuples(st.integers(0, 65535), st.integers(0, 65535)),
     transport=st.sampled_from([6, 17, 132]),

@@ -108,3 +108,42 @@ def test_missing_file_and_path_resolution(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml", {})
     assert config_path("x.yaml", {}) == Path("x.yaml")
     assert config_path(None, {"OTUS_CONFIG": "/e/o.yaml"}) == Path("/e/o.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        ("a: " + "[" * 100_000, "not valid YAML: nested too deeply"),
+        ("a: " + "{x: " * 50_000, "not valid YAML: nested too deeply"),
+        ("a: " + "9" * 5000, "not valid YAML: an integer has more than 4300 digits"),
+    ],
+    ids=["deep-list", "deep-map", "huge-int"],
+)
+def test_unreadable_yaml_is_a_config_error(tmp_path: Path, text: str, expect: str) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p, {})
+    assert str(e.value) == f"{p}: {expect}"
+
+
+@pytest.mark.parametrize(
+    ("env", "expect"),
+    [
+        ({"OTUS_LOG__OUTPUTS": "[" * 100_000}, "log.outputs"),
+        ({"OTUS_LIMITS__MAX_TASKS": "9" * 5000}, "limits.max_tasks"),
+        ({"OTUS_KAFKA__BROKERS": "127.0.0.1:abc"}, "port must be a number from 1 to 65535"),
+        ({"OTUS_KAFKA__BROKERS": ":9092"}, "the host is missing"),
+        ({"OTUS_KAFKA__BROKERS": "k1:9092,k2:0"}, "broker 'k2:0'"),
+    ],
+)
+def test_unusable_environment_values_are_config_errors(env: dict[str, str], expect: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(None, env)
+    assert expect in str(e.value)
+
+
+def test_valid_broker_forms_are_kept() -> None:
+    brokers = "k1:9092,k2,[::1]:9093,[fe80::1],10.0.0.1:1"
+    c = load_config(None, {"OTUS_KAFKA__BROKERS": brokers})
+    assert c.kafka.brokers == brokers.split(",")

@@ -45,3 +45,20 @@ def test_corrupt_file_is_moved_aside(tmp_path: Path) -> None:
         StateFile(p).load()
     assert not p.exists()
     assert [x.name.startswith("state.json.corrupt-") for x in tmp_path.iterdir()] == [True]
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ('{"tasks": ' + "[" * 100_000, "nested too deeply"),
+        ('{"tasks": [], "saved_at": ' + "9" * 5000 + "}", "an integer has more than 4300 digits"),
+    ],
+    ids=["deep", "huge-int"],
+)
+def test_unparsable_file_is_moved_aside(tmp_path: Path, text: str, why: str) -> None:
+    p = tmp_path / "state.json"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=f"corrupt \\({why}\\)"):
+        StateFile(p).load()
+    assert not p.exists()
+    assert [x.name.startswith("state.json.corrupt-") for x in tmp_path.iterdir()] == [True]

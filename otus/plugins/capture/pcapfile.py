@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import struct
 from collections.abc import AsyncIterator, Iterator
 from typing import BinaryIO, Literal
@@ -12,9 +13,10 @@ from pydantic import Field
 from otus.core.errors import CaptureError
 from otus.core.model import SpecModel
 from otus.core.packet import RawBatch
+from otus.core.record import TS_MAX_US
 from otus.plugins.base import PluginContext
 
-__all__ = ["PcapConfig", "PcapFileCapturer", "read_batches"]
+__all__ = ["PcapConfig", "PcapFileCapturer", "TruncatedFile", "read_batches"]
 
 _PCAP_MAGIC = {
     b"\xd4\xc3\xb2\xa1": ("<", 1),  # little-endian, microseconds
@@ -48,31 +50,46 @@ class PcapConfig(SpecModel):
 
 
 class _Corrupt(Exception):
-    """The file ends or breaks in the middle of a record."""
+    """The file breaks at a byte offset: what is there cannot be a record."""
+
+    def __init__(self, off: int, what: str) -> None:
+        super().__init__(f"at byte {off}: {what}")
+
+
+class _Truncated(_Corrupt):
+    """The file ends in the middle of a record: a capture cut while being written."""
+
+
+class TruncatedFile(CaptureError):
+    """The capture file ends in the middle of a record; the records before it were read."""
 
 
 def _read_pcap(f: BinaryIO, head: bytes, batch_size: int) -> Iterator[RawBatch]:
     endian, ts_div = _PCAP_MAGIC[head[:4]]
     rest = f.read(20)
     if len(rest) < 20:
-        raise _Corrupt("pcap header truncated")
+        raise _Truncated(4 + len(rest), "the file ends inside the pcap header")
     (linktype,) = struct.unpack(endian + "I", rest[16:20])
     linktype &= 0x0FFFFFFF  # upper bits carry FCS info
     unpack_from = struct.Struct(endian + "IIII").unpack_from
     buf = b""
+    base = 24  # file offset of buf[0], for error messages
     off = 0
     batch = RawBatch(linktype)
     frames, stamps = batch.frames, batch.ts_us
     while True:
         chunk = f.read(_CHUNK)
         if chunk:
+            base += off
             buf = buf[off:] + chunk
             off = 0
         end = len(buf)
         while off + 16 <= end:
             sec, frac, incl, _orig = unpack_from(buf, off)
             if incl > _MAX_RECORD:
-                raise _Corrupt(f"record of {incl} bytes")
+                if frames:
+                    yield batch  # what came before is good
+                raise _Corrupt(base + off, f"record of {incl} bytes")
             start = off + 16
             if start + incl > end:
                 break
@@ -88,71 +105,129 @@ def _read_pcap(f: BinaryIO, head: bytes, batch_size: int) -> Iterator[RawBatch]:
     if frames:
         yield batch
     if off < len(buf):
-        raise _Corrupt("file ends inside a record")
+        raise _Truncated(base + off, "the file ends inside a record")
 
 
-def _read_pcapng(f: BinaryIO, head: bytes, batch_size: int) -> Iterator[RawBatch]:
+_SHB = 0x0A0D0D0A  # the same in either byte order
+# Smallest total length of each block type: 12 bytes of framing plus its fixed fields.
+_MIN_BLOCK = {_SHB: 28, 1: 20, 6: 32, 3: 16}
+_MAX_BLOCK = _MAX_RECORD + 4096  # a larger block means a corrupt length, not a cut file
+# Per byte order: block type and length, one 32-bit word, an EPB's five fixed fields.
+_STRUCTS = {
+    e: (struct.Struct(e + "II"), struct.Struct(e + "I"), struct.Struct(e + "5I")) for e in "<>"
+}
+
+
+def _read_pcapng(
+    f: BinaryIO, head: bytes, batch_size: int, counts: dict[str, int]
+) -> Iterator[RawBatch]:
     data = head + f.read()
     n = len(data)
     off = 0
     endian = "<"
-    ifaces: list[tuple[int, int]] = []  # (linktype, ticks per microsecond divisor or negative mul)
-    batch: RawBatch | None = None
-    while off + 12 <= n:
-        btype_raw = data[off : off + 4]
-        if btype_raw == _PCAPNG_SHB:
-            bom = data[off + 8 : off + 12]
-            endian = "<" if bom == b"\x4d\x3c\x2b\x1a" else ">"
-            ifaces = []
-        btype, blen = struct.unpack_from(endian + "II", data, off)
-        if blen < 12 or blen % 4 or off + blen > n:
-            raise _Corrupt(f"bad block length {blen}")
-        body = off + 8
-        if btype == 1:  # Interface Description Block
-            linktype = struct.unpack_from(endian + "H", data, body)[0]
-            ifaces.append((linktype, _if_tsresol(data, body + 8, off + blen - 4, endian)))
-        elif btype in (6, 3):  # Enhanced / Simple Packet Block
-            if btype == 6:
-                ifid, hi, lo, cap, _orig = struct.unpack_from(endian + "IIIII", data, body)
-                start = body + 20
-            else:
-                ifid, hi, lo = 0, 0, 0
-                (_orig,) = struct.unpack_from(endian + "I", data, body)
-                cap = min(_orig, blen - 16)
-                start = body + 4
-            if ifid >= len(ifaces) or start + cap > off + blen:
-                raise _Corrupt("packet block refers to an unknown interface or overruns")
-            linktype, per_us = ifaces[ifid]
-            ticks = (hi << 32) | lo
-            ts_us = ticks // per_us if per_us > 0 else ticks * -per_us
-            if batch is None or batch.linktype != linktype or len(batch) >= batch_size:
-                if batch is not None and len(batch):
-                    yield batch
-                batch = RawBatch(linktype)
-            batch.frames.append(data[start : start + cap])
-            batch.ts_us.append(ts_us)
-        off += blen
-    if batch is not None and len(batch):
-        yield batch
-    if off != n:
-        raise _Corrupt("file ends inside a block")
+    s_head, s_u32, s_epb = _STRUCTS[endian]
+    ifaces: list[tuple[int, int, int, int]] = []  # (linktype, mul, div, offset_us) per IDB
+    batch = RawBatch(-1)
+    frames, stamps = batch.frames, batch.ts_us
+    err: _Corrupt | None = None
+    try:
+        while off < n:
+            if off + 12 > n:
+                raise _Truncated(off, "the file ends inside a block header")
+            if data[off : off + 4] == _PCAPNG_SHB:
+                bom = data[off + 8 : off + 12]
+                if bom not in (b"\x4d\x3c\x2b\x1a", b"\x1a\x2b\x3c\x4d"):
+                    raise _Corrupt(off, f"section header with byte-order magic {bom.hex()}")
+                endian = "<" if bom == b"\x4d\x3c\x2b\x1a" else ">"
+                s_head, s_u32, s_epb = _STRUCTS[endian]
+                ifaces = []
+            btype, blen = s_head.unpack_from(data, off)
+            # Each type's own minimum is checked where it is parsed: one test per packet, not two.
+            if blen < 12 or blen & 3 or blen > _MAX_BLOCK:
+                raise _Corrupt(off, _bad_length(btype, blen))
+            if off + blen > n:
+                raise _Truncated(off, f"the file ends inside a block of {blen} bytes")
+            end = off + blen - 4  # where the trailing copy of the length sits
+            (trail,) = s_u32.unpack_from(data, end)
+            if trail != blen:
+                raise _Corrupt(off, f"block length {blen} but trailing length {trail}")
+            if btype == 6 or btype == 3:  # noqa: PLR1714 - Enhanced / Simple Packet Block
+                if btype == 6:
+                    if blen < 32:
+                        raise _Corrupt(off, _bad_length(btype, blen))
+                    ifid, hi, lo, cap, _orig = s_epb.unpack_from(data, off + 8)
+                    start = off + 28
+                else:
+                    if blen < 16:
+                        raise _Corrupt(off, _bad_length(btype, blen))
+                    ifid = hi = lo = 0
+                    start = off + 12
+                    cap = min(s_u32.unpack_from(data, off + 8)[0], end - start)
+                if ifid >= len(ifaces):
+                    raise _Corrupt(off, f"packet on interface {ifid}, which no block describes")
+                if start + cap > end:
+                    raise _Corrupt(off, f"packet of {cap} bytes in a block of {blen}")
+                linktype, mul, div, shift = ifaces[ifid]
+                ts_us = ((hi << 32) | lo) * mul // div + shift
+                if ts_us > TS_MAX_US or ts_us < 0:
+                    # A bad if_tsresol or if_tsoffset: counted, and kept at the nearest bound.
+                    counts["capture.bad_timestamp"] = counts.get("capture.bad_timestamp", 0) + 1
+                    ts_us = TS_MAX_US if ts_us > 0 else 0
+                if batch.linktype != linktype or len(frames) >= batch_size:
+                    if frames:
+                        yield batch
+                    batch = RawBatch(linktype)
+                    frames, stamps = batch.frames, batch.ts_us
+                frames.append(data[start : start + cap])
+                stamps.append(ts_us)
+            elif btype == 1:  # Interface Description Block
+                if blen < 20:
+                    raise _Corrupt(off, _bad_length(btype, blen))
+                (linktype,) = struct.unpack_from(endian + "H", data, off + 8)
+                ifaces.append((linktype, *_if_clock(data, off + 16, end, endian)))
+            elif btype == _SHB and blen < 28:
+                raise _Corrupt(off, _bad_length(btype, blen))
+            off += blen
+    except _Corrupt as e:
+        err = e
+    except struct.error as e:  # a field past its block: corruption the checks above missed
+        err = _Corrupt(off, str(e))
+    if frames:
+        yield batch  # the packets before a cut or a break are good
+    if err is not None:
+        raise err
 
 
-def _if_tsresol(data: bytes, off: int, end: int, endian: str) -> int:
-    """Ticks per microsecond from an IDB's if_tsresol (positive: divide, negative: multiply)."""
+def _bad_length(btype: int, blen: int) -> str:
+    """Why a block's length is impossible."""
+    least = _MIN_BLOCK.get(btype, 12)
+    if blen < least:
+        why = f"shorter than the {least} bytes of its fixed fields"
+    elif blen % 4:
+        why = "not a multiple of 4"
+    else:
+        why = f"larger than {_MAX_BLOCK} bytes"
+    return f"block of type {btype:#x} has length {blen}: {why}"
+
+
+def _if_clock(data: bytes, off: int, end: int, endian: str) -> tuple[int, int, int]:
+    """An IDB's if_tsresol and if_tsoffset as (mul, div, shift): ticks * mul // div + shift."""
+    units = 1_000_000  # ticks per second; the default resolution is microseconds
+    offset_s = 0
     while off + 4 <= end:
         code, length = struct.unpack_from(endian + "HH", data, off)
         if code == 0:
             break
+        if off + 4 + length > end:
+            raise _Corrupt(off, f"interface option {code} of {length} bytes overruns its block")
         if code == 9 and length >= 1:
             v = data[off + 4]
-            base = 2 if v & 0x80 else 10
-            units_per_s = int(base ** (v & 0x7F))
-            if units_per_s >= 1_000_000:
-                return units_per_s // 1_000_000
-            return -(1_000_000 // units_per_s)
+            units = (2 if v & 0x80 else 10) ** (v & 0x7F)
+        elif code == 14 and length >= 8:
+            (offset_s,) = struct.unpack_from(endian + "q", data, off + 4)
         off += 4 + ((length + 3) & ~3)
-    return 1  # default resolution: microseconds
+    g = math.gcd(units, 1_000_000)
+    return 1_000_000 // g, units // g, offset_s * 1_000_000
 
 
 def _open(path: str) -> tuple[BinaryIO, bytes]:
@@ -167,16 +242,24 @@ def _open(path: str) -> tuple[BinaryIO, bytes]:
     return f, head
 
 
-def read_batches(path: str, batch_size: int = 256) -> Iterator[RawBatch]:
-    """Read a pcap or pcapng file as batches; raise CaptureError on a missing or corrupt file."""
+def read_batches(
+    path: str, batch_size: int = 256, counts: dict[str, int] | None = None
+) -> Iterator[RawBatch]:
+    """Read a pcap or pcapng file as batches; raise CaptureError on a missing or corrupt file.
+
+    A file that ends inside a record raises :class:`TruncatedFile` after its complete records;
+    ``counts`` collects ``capture.bad_timestamp`` (pcapng timestamps outside 1970-9999, clamped).
+    """
     f, head = _open(path)
     try:
         if head in _PCAP_MAGIC:
             yield from _read_pcap(f, head, batch_size)
         else:
-            yield from _read_pcapng(f, head, batch_size)
+            yield from _read_pcapng(f, head, batch_size, {} if counts is None else counts)
+    except _Truncated as e:
+        raise TruncatedFile(f"{path!r} is truncated {e}") from None
     except _Corrupt as e:
-        raise CaptureError(f"{path!r} is truncated or corrupt: {e}") from None
+        raise CaptureError(f"{path!r} is corrupt {e}") from None
     finally:
         f.close()
 
@@ -193,9 +276,10 @@ class PcapFileCapturer:
         self._packets = 0
         self._bytes = 0
         self._truncated_file = 0
+        self._counts: dict[str, int] = {"capture.bad_timestamp": 0}
 
     async def batches(self) -> AsyncIterator[RawBatch]:
-        """Yield the file's frames; a corrupt tail is counted, what came before is kept."""
+        """Yield the file's frames; a cut tail is counted, a break mid-file fails after them."""
         cfg = self._config
         rate = cfg.rate_pps
         # Paced replay: small batches so a slow rate still moves every ~100 ms.
@@ -205,13 +289,13 @@ class PcapFileCapturer:
         shift = 0  # later passes are moved forward in time so timestamps keep increasing
         while not self._closed and (cfg.loop == 0 or n_pass < cfg.loop):
             first = last = None
-            it = read_batches(cfg.path, size)
+            it = read_batches(cfg.path, size, self._counts)
             while not self._closed:
                 try:
                     batch = next(it)
                 except StopIteration:
                     break
-                except CaptureError:
+                except TruncatedFile:
                     if self._packets == 0:
                         raise
                     self._truncated_file = 1  # a file cut while being written: keep what we have
@@ -244,4 +328,5 @@ class PcapFileCapturer:
             "capture.packets": self._packets,
             "capture.bytes": self._bytes,
             "capture.file_truncated": self._truncated_file,
+            **self._counts,
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from typing import Any, Literal
@@ -17,6 +18,8 @@ from otus.core.record import format_ts, to_record
 from otus.plugins.base import PluginContext
 
 __all__ = ["ConsoleConfig", "ConsoleReporter", "format_text"]
+
+log = logging.getLogger(__name__)
 
 
 class ConsoleConfig(SpecModel):
@@ -109,8 +112,11 @@ class ConsoleReporter:
                 with self._lock:  # whole batches: a pipe is atomic only up to PIPE_BUF bytes
                     _write_all(self._fd, data)
             self._written += len(batch)
-        except OSError:
-            # The reader went away (`otus run ... | head`): count, don't crash.
+        except OSError as e:
+            # The reader went away (`otus run ... | head`) or the disk is full: count, don't
+            # crash; say why once (a broken pipe is the reader's choice, not worth a line).
+            if not self._failed and not isinstance(e, BrokenPipeError):
+                log.error("console: cannot write records: %s", e)
             self._failed += len(batch)
 
     async def flush(self) -> None:

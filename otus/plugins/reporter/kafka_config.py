@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import ssl
 import struct
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     Field,
     SecretStr,
     StringConstraints,
@@ -21,6 +24,7 @@ from otus.core.model import SpecModel
 __all__ = [
     "CODECS",
     "KafkaConfig",
+    "check_broker",
     "check_codec",
     "murmur2",
     "partition_for",
@@ -31,7 +35,60 @@ __all__ = [
 _TOPIC = r"^[A-Za-z0-9._-]+$"
 TopicName = Annotated[str, StringConstraints(min_length=1, max_length=249, pattern=_TOPIC)]
 TopicPrefix = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_TOPIC)]
-BrokerAddress = Annotated[str, StringConstraints(min_length=1, max_length=261, pattern=r"^\S+$")]
+_HOSTNAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_PORT = re.compile(r"^[0-9]{1,5}$")
+
+
+def check_broker(address: str) -> str:
+    """``address`` if aiokafka can dial it, else ValueError saying what is wrong.
+
+    The forms aiokafka takes: ``host:port``, ``host`` (port 9092), ``[v6]:port``, ``[v6]`` and a
+    bare IPv6 literal (both port 9092). Checked here because aiokafka takes anything and then
+    retries an address it can never reach (``h:abc``, ``h:0``) until the task is stopped.
+    """
+    if address.startswith("["):
+        inner, sep, rest = address[1:].partition("]")
+        if not sep:
+            raise ValueError(f"broker {address!r}: ']' missing after the IPv6 address")
+        _check_ipv6(address, inner)
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"broker {address!r}: write [IPv6]:port")
+            _check_port(address, rest[1:])
+        return address
+    if address.count(":") > 1:
+        _check_ipv6(address, address)  # bare, without a port: what aiokafka accepts
+        return address
+    host, sep, port = address.partition(":")
+    if not host:
+        raise ValueError(f"broker {address!r}: the host is missing (write host:port)")
+    if not _HOSTNAME.match(host):
+        raise ValueError(f"broker {address!r}: write host:port (host: a name or an IP address)")
+    if sep:
+        _check_port(address, port)
+    return address
+
+
+def _check_ipv6(address: str, text: str) -> None:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        raise ValueError(
+            f"broker {address!r}: not an IPv6 address (write [::1]:9092 or host:port)"
+        ) from None
+
+
+def _check_port(address: str, port: str) -> None:
+    if not _PORT.match(port) or not 1 <= int(port) <= 65535:
+        raise ValueError(f"broker {address!r}: the port must be a number from 1 to 65535")
+
+
+# The schema keeps the plain pattern (the CRD is generated from it); the checker does the rest.
+BrokerAddress = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=261, pattern=r"^\S+$"),
+    AfterValidator(check_broker),
+]
 FilePath = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 

@@ -147,7 +147,28 @@ def compile_filter(expr: str, linktype: int, snaplen: int) -> list[Insn]:
             lib.pcap_close(handle)
     if linktype == LINKTYPE_LINUX_SLL2:
         insns = _uncook(insns, expr)
+    _kernel_check(insns, expr)
     return insns
+
+
+def _kernel_check(insns: list[Insn], expr: str) -> None:
+    """Have the kernel's checker judge the program now, on a throwaway unprivileged socket.
+
+    libpcap emits programs the kernel refuses (``protochain``'s backward jump); without this
+    the refusal would come at attach time, after the task was reported as running.
+    """
+    try:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    except OSError:
+        return  # no socket to probe with: the real attach still reports a refusal
+    with probe:
+        try:
+            attach(probe, insns)
+        except CaptureError as e:
+            reason = str(e).removeprefix("cannot attach the BPF filter: ")
+            raise CaptureInputError(
+                f"invalid BPF filter {expr!r}: the kernel refuses the compiled program ({reason})"
+            ) from None
 
 
 def _uncook(insns: list[Insn], expr: str) -> list[Insn]:

@@ -21,15 +21,22 @@ Defaults and what they cost:
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import AfterValidator, Field, StringConstraints, model_validator
 
 from otus.core.model import SpecModel
 
 from .consts import PAGE_SIZE, TPACKET_ALIGNMENT
 
-__all__ = ["DEFAULT_FILTER", "DEFAULT_FILTER_COOKED", "SIP_FILTER", "AfpacketConfig"]
+__all__ = [
+    "DEFAULT_FILTER",
+    "DEFAULT_FILTER_COOKED",
+    "SIP_FILTER",
+    "AfpacketConfig",
+    "check_ifname",
+]
 
 # ``udp port 5060`` alone drops non-first IPv4 fragments (they carry no UDP header, libpcap's
 # port test requires a zero fragment offset) and every IPv6 fragment (libpcap looks for the port
@@ -52,7 +59,24 @@ _MiB = 1 << 20
 # before the MAC header (82 under SOCK_RAW); a frame larger than the rest is truncated.
 _BLOCK_OVERHEAD = 256
 
-IfName = Annotated[str, StringConstraints(min_length=1, max_length=15, pattern=r"^[^\s/]+$")]
+
+def check_ifname(name: str) -> str:
+    """``name`` if Linux can have an interface so named, else ValueError saying why."""
+    # IFNAMSIZ is 16 bytes with the NUL; the kernel cuts a name at its first NUL, so "lo\0x"
+    # would quietly capture on lo. Also what dev_valid_name() refuses: '/', whitespace.
+    if not 1 <= len(os.fsencode(name)) <= 15:
+        raise ValueError(f"interface name {name!r} is not 1 to 15 bytes long")
+    if "\0" in name or "/" in name or any(c.isspace() for c in name):
+        raise ValueError(f"interface name {name!r} has a NUL, '/' or whitespace")
+    return name
+
+
+# The schema keeps the plain bounds (the CRD is generated from them); the checker does the rest.
+IfName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=15, pattern=r"^[^\s/]+$"),
+    AfterValidator(check_ifname),
+]
 
 
 class AfpacketConfig(SpecModel):
