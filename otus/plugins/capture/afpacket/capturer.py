@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import fcntl
 import logging
 import os
 import socket
+import struct
 import sys
 import zlib
 from collections.abc import AsyncIterator
@@ -51,6 +53,8 @@ _MAX_LINK_HDR = 18  # Ethernet header and one 802.1Q tag
 # A missed wake-up (or an interface that went down and up) costs at most this much latency.
 _SAFETY_WAKE_S = 0.5
 _FLOW_HASH = flow_hash_program()
+_SIOCGIFNAME = 0x8910  # interface index -> name; ENODEV once the interface is gone
+_IFREQ = struct.Struct("16si20x")  # struct ifreq: name, then ifr_ifindex in the union
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.bind.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
@@ -98,6 +102,7 @@ class AfpacketCapturer:
         self._close_done = asyncio.Event()
         self._closed = False
         self._unread = 0
+        self._gone: set[int] = set()  # indexes of captured interfaces that were removed
         self._waiter: asyncio.Future[None] | None = None
         self._reader_loop: asyncio.AbstractEventLoop | None = None
         self._sock = _open_socket(cooked)
@@ -237,11 +242,38 @@ class AfpacketCapturer:
             if not self._closed:
                 loop.remove_reader(fd)
         if not self._closed and not self._ring.ready():
-            # Woken without a block: an error is pending (ENETDOWN when the link went down);
-            # reading SO_ERROR clears it, otherwise poll would keep reporting it.
+            # Woken without a block: an error is pending (ENETDOWN when the link went down or
+            # was removed); reading SO_ERROR clears it, otherwise poll would keep reporting it.
             err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            self._check_interfaces()
             if err:
-                log.warning("capture socket: %s", os.strerror(err))
+                names = ",".join(i.name for i in self.interfaces) or "any"
+                log.warning("capture on %s: %s", names, os.strerror(err))
+
+    def _check_interfaces(self) -> None:
+        """Fail (one interface) or say so (several) when a captured interface was removed."""
+        # The kernel unhooks a socket from a removed device for good: a new device of the same
+        # name gets a new index, so capture would go on silently capturing nothing.
+        for i in self.interfaces:
+            if i.index in self._gone:
+                continue
+            try:
+                # Asked through the capture socket: it answers for its own network namespace,
+                # whatever namespace this thread is in.
+                fcntl.ioctl(self._sock.fileno(), _SIOCGIFNAME, _IFREQ.pack(b"", i.index))
+            except OSError:
+                self._gone.add(i.index)
+                if len(self.interfaces) == 1:
+                    raise CaptureError(
+                        f"interface {i.name} was removed: nothing left to capture "
+                        "(start the task again once it is back)"
+                    ) from None
+                log.error(
+                    "interface %s was removed: its traffic is no longer captured "
+                    "(restart the task to capture a new %s)",
+                    i.name,
+                    i.name,
+                )
 
     def _read_kernel_stats(self) -> None:
         """Fold PACKET_STATISTICS in; the kernel zeroes them on every read, so we accumulate."""

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from otus.core.errors import CaptureInputError
+from otus.core.errors import CaptureError, CaptureInputError
 from otus.core.packet import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2
 from otus.plugins.base import PluginContext
 from otus.plugins.capture.afpacket import AfpacketCapturer, AfpacketConfig, check
@@ -248,6 +248,40 @@ async def test_interface_down_waits_quietly_and_captures_once_up(
             lk.send([udp4(1)])
             await col.wait_for(1)
     assert col.frames == [udp4(1)]
+
+
+async def test_a_removed_interface_fails_the_capture_with_its_name() -> None:
+    # The kernel unhooks the socket from a removed device for good: capturing on would capture
+    # nothing, even from a new device of the same name.
+    with link("afpgone") as lk:
+        cap = lk.capturer()
+        col = await Collector(cap).__aenter__()
+        try:
+            lk.send([udp4(1)])
+            await col.wait_for(1)
+            lk.b.ip("link", "del", lk.b_if)
+            assert col.task is not None
+            with pytest.raises(CaptureError, match="interface xb0 was removed"):
+                await asyncio.wait_for(col.task, 3.0)
+        finally:
+            await cap.close()
+    assert col.frames == [udp4(1)]
+
+
+async def test_one_removed_interface_of_several_is_reported_and_the_rest_go_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with link("afpgone2") as lk:
+        veth(lk.a, "xa1", lk.b, "xb1")
+        cap = lk.capturer(interfaces=["xb0", "xb1"])
+        async with Collector(cap) as col:
+            lk.b.ip("link", "del", "xb1")
+            with caplog.at_level(logging.ERROR):
+                await asyncio.sleep(1.2)  # two idle ticks: the removal is noticed once
+            lk.send([udp4(2)])
+            await col.wait_for(1)
+    assert col.frames == [udp4(2)]
+    assert caplog.text.count("interface xb1 was removed") == 1
 
 
 async def test_promiscuous_mode_lasts_as_long_as_the_capture() -> None:
