@@ -20,9 +20,12 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
+import yaml
 from pydantic import ValidationError
 
 from otus.cli.client import (
@@ -36,9 +39,19 @@ from otus.cli.client import (
 )
 from otus.cli.task import _read_spec as read_spec  # the same task files as `otus task create`
 from otus.control.base import KafkaSettings
-from otus.control.fleet import BrokerUnreachableError, Target
+from otus.control.fleet import (
+    MAX_NAME,
+    MAX_TAG,
+    MAX_TARGET_AGENTS,
+    MAX_TARGET_TAGS,
+    BrokerUnreachableError,
+    EnvelopeError,
+    Target,
+    brief,
+    id_problem,
+)
 from otus.control.fleet_client import FleetClient, stale
-from otus.core.errors import ConfigError, ReporterError
+from otus.core.errors import ConfigError, ReporterError, SpecError
 from otus.core.stats import drops
 from otus.pipeline.spec import format_validation_error
 from otus.plugins.reporter.kafka_config import check_broker
@@ -66,11 +79,46 @@ def _parent() -> argparse.ArgumentParser:
     return p
 
 
+def _name(what: str) -> Callable[[str], str]:
+    """An argparse type: an agent or task id as agents take it (refused here, not by them)."""
+
+    def parse(text: str) -> str:
+        if problem := id_problem(text, MAX_NAME):
+            raise argparse.ArgumentTypeError(f"the {what} {brief(text)} {problem}")
+        return text
+
+    return parse
+
+
+def _tag(text: str) -> tuple[str, str]:
+    """An argparse type: K=V, as an agent's ``agent.tags`` can hold it."""
+    k, sep, v = text.partition("=")
+    if not sep or not k:
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE, not {brief(text)}")
+    if problem := id_problem(k, MAX_TAG):
+        raise argparse.ArgumentTypeError(f"the tag name {brief(k)} {problem}")
+    if len(v) > MAX_TAG:
+        raise argparse.ArgumentTypeError(
+            f"the value of {brief(k)} is {len(v)} characters long, over the {MAX_TAG}-character "
+            "limit"
+        )
+    return k, v
+
+
 def _targeting() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("target (default: every agent)")
-    g.add_argument("--agent", action="append", default=[], metavar="ID", help="an agent id")
-    g.add_argument("--tag", action="append", default=[], metavar="K=V", help="a tag to match")
+    g.add_argument(
+        "--agent",
+        action="append",
+        default=[],
+        type=_name("agent id"),
+        metavar="ID",
+        help="an agent id",
+    )
+    g.add_argument(
+        "--tag", action="append", default=[], type=_tag, metavar="K=V", help="a tag to match"
+    )
     g.add_argument(
         "--wait", type=seconds(), default=30.0, metavar="SECONDS", help="wait for replies (30)"
     )
@@ -113,7 +161,7 @@ def register(sub: Any) -> None:
         c.set_defaults(func=task_command, command=f"task.{name}")
     for name, helptext in (("delete", "stop and forget a task"), ("status", "a task's state")):
         c = tsub.add_parser(name, parents=both, help=helptext)
-        c.add_argument("id", metavar="ID")
+        c.add_argument("id", type=_name("task id"), metavar="ID")
         c.set_defaults(func=task_command, command=f"task.{name}")
     ls = tsub.add_parser("list", parents=both, help="every agent's tasks")
     ls.set_defaults(func=task_command, command="task.list")
@@ -151,13 +199,42 @@ def settings_from(args: argparse.Namespace) -> KafkaSettings:
 
 
 def _target(args: argparse.Namespace) -> Target:
-    tags = {}
-    for t in args.tag:
-        k, sep, v = t.partition("=")
-        if not sep or not k:
-            raise ConfigError(f"--tag must be KEY=VALUE, not {t!r}")
-        tags[k] = v
+    tags: dict[str, str] = {}
+    for k, v in args.tag:
+        if tags.setdefault(k, v) != v:  # both cannot match: no agent would be targeted
+            raise ConfigError(f"--tag {k} is given twice, as {tags[k]!r} and {v!r}")
+    if len(tags) > MAX_TARGET_TAGS:
+        raise ConfigError(f"--tag: {len(tags)} tags, over the limit of {MAX_TARGET_TAGS}")
+    if len(set(args.agent)) > MAX_TARGET_AGENTS:
+        raise ConfigError(
+            f"--agent: {len(set(args.agent))} agents, over the limit of {MAX_TARGET_AGENTS}"
+        )
     return Target(frozenset(args.agent) if args.agent else None, tags or None)
+
+
+def _yaml_reason(e: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: what is wrong and where (its own spans lines, with a caret)."""
+    if isinstance(e, yaml.MarkedYAMLError) and (e.problem or e.context):
+        mark = e.problem_mark if e.problem else e.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        return f"{e.problem or e.context}{where}"
+    if isinstance(e, yaml.reader.ReaderError):  # a character YAML does not allow
+        return f"{str(e).splitlines()[0]} (character {e.position + 1})"
+    return " ".join(str(e).split())
+
+
+def _read_task(path: str) -> dict[str, Any]:
+    """The task file (``-``: stdin), checked; a YAML error told on one line."""
+    try:
+        return read_spec(path)
+    except SpecError as e:
+        # The reader words a YAML error as PyYAML does, over several lines; it raised "from None",
+        # so the parser's own error is still at hand as the context.
+        cause = e.__context__
+        if not isinstance(cause, yaml.YAMLError):
+            raise
+        source, kind = ("stdin", "YAML or JSON") if path == "-" else (str(Path(path)), "YAML")
+        raise SpecError(f"{source}: not valid {kind}: {_yaml_reason(cause)}") from None
 
 
 def _run(args: argparse.Namespace, coro_fn: Any) -> int:
@@ -175,6 +252,9 @@ def _run(args: argparse.Namespace, coro_fn: Any) -> int:
         return EXIT_UNREACHABLE
     except ReporterError as e:  # TLS or password files
         print(f"otus: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except EnvelopeError as e:  # a command the agents would refuse: not sent
+        print(f"otus: {e.message}", file=sys.stderr)
         return EXIT_USAGE
 
 
@@ -279,7 +359,7 @@ def _expected(target: Target, beats: dict[str, dict[str, Any]]) -> set[str] | No
 def task_command(args: argparse.Namespace) -> int:
     """`otus fleet task create|update|delete|list|status` and `otus fleet reload`."""
     target = _target(args)
-    spec = read_spec(args.file) if getattr(args, "file", None) else None
+    spec = _read_task(args.file) if getattr(args, "file", None) else None
     json_out = args.output == "json"
 
     async def go(settings: KafkaSettings) -> int:

@@ -6,15 +6,22 @@ Three topics (names in :class:`~otus.control.base.KafkaSettings`):
 keyed by the task id (by the command id when there is none) so one task's commands stay in order
 on any partition count; the command id also travels in the ``otus-command-id`` header::
 
-    {"id": "c-4f1e...",                      # required, 1-256 printable characters, unique
+    {"id": "c-4f1e...",                      # required, 1-256 printable characters (not only
+                                             #   spaces), unique: one id, one command
      "command": "task.create",               # task.create|task.update|task.delete|task.list|
                                              #   task.status|config.reload
-     "target": {"agents": ["edge-1"]}        # or {"tags": {"region": "eu"}} (every pair must
-                                             #   match), or both (both must match), or {}: all
+     "target": {"agents": ["edge-1"]}        # 1-10000 agent ids; or {"tags": {"region": "eu"}}
+                                             #   (every pair must match), or both (both must
+                                             #   match), or {}: every agent
      "task": {...},                          # task.create/task.update: the task spec
-     "task_id": "calls",                     # task.delete/task.status (or "task": {"id": ...})
+     "task_id": "calls",                     # task.delete/task.status: 1-253 printable characters
+                                             #   (or "task": {"id": ...}, not both)
      "expires_at": 1795315633.5,             # optional: Unix seconds after which nobody applies it
-     "sent_at": 1795315603.5, "sender": "alice@ops-1"}   # optional, informational
+     "sent_at": 1795315603.5, "sender": "alice@ops-1"}   # optional, informational: Unix
+                                             #   seconds and a string
+
+A command takes only its own params: ``task`` for task.create/task.update, ``task_id`` (or
+``task``) for task.delete/task.status, neither for task.list/config.reload.
 
 ``otus-replies`` — one reply per targeted agent, keyed by the command id::
 
@@ -39,10 +46,11 @@ on any partition count; the command id also travels in the ``otus-command-id`` h
 
 Error codes are JSON-RPC's (:mod:`otus.control.jsonrpc`) plus two of the plane's:
 
-- ``-32700`` not JSON; ``-32600`` not a command object, a bad ``id`` or ``target``, an unknown
+- ``-32700`` not JSON; ``-32600`` not a command object, a bad ``id`` (or one this agent took
+  for a different command), ``target``, ``expires_at``, ``sent_at`` or ``sender``, an unknown
   member, or larger than ``max_command_bytes``; ``-32601`` unknown ``command``; ``-32602``
-  ``task``/``task_id`` missing or of the wrong type; then the method's own errors (``-32002``
-  task exists, ``-32005`` invalid spec, ...);
+  ``task``/``task_id`` missing, of the wrong type or size, or not taken by the command; then the
+  method's own errors (``-32002`` task exists, ``-32005`` invalid spec, ...);
 - ``-32010`` COMMAND_EXPIRED: received after its ``expires_at``; not applied;
 - ``-32011`` COMMAND_INTERRUPTED: a redelivered command whose application was under way when the
   agent stopped or crashed: it is not applied again, and may or may not have taken effect.
@@ -71,14 +79,20 @@ __all__ = [
     "COMMAND_EXPIRED",
     "COMMAND_INTERRUPTED",
     "ID_HEADER",
+    "MAX_NAME",
+    "MAX_TAG",
+    "MAX_TARGET_AGENTS",
+    "MAX_TARGET_TAGS",
     "BrokerUnreachableError",
     "Command",
     "EnvelopeError",
     "Target",
+    "brief",
     "client_kwargs",
     "command_key",
     "ensure_topics",
     "error_reply",
+    "id_problem",
     "ok_reply",
     "parse_command",
     "parse_target",
@@ -89,6 +103,8 @@ COMMAND_EXPIRED = -32010
 COMMAND_INTERRUPTED = -32011
 ID_HEADER = "otus-command-id"
 MAX_ID = 256
+MAX_NAME = 253  # agent and task ids: a DNS name's length
+MAX_TAG = 256  # tag names and values, as the daemon's config allows them
 MAX_TARGET_AGENTS = 10_000
 MAX_TARGET_TAGS = 32
 # command -> where its params come from
@@ -163,13 +179,49 @@ class Command:
     expires_at: float | None = None
 
 
+def _json_type(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int | float):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, dict):
+        return "an object"
+    return "a list" if isinstance(v, list) else type(v).__name__
+
+
+def id_problem(v: Any, limit: int) -> str | None:
+    """What keeps ``v`` from being an id (1-``limit`` printable characters, not only spaces)."""
+    if not isinstance(v, str):
+        return f"must be a string, not {_json_type(v)}"
+    if not v:
+        return "is empty"
+    if len(v) > limit:
+        return f"is {len(v)} characters long, over the {limit}-character limit"
+    if not v.isprintable():
+        return "has non-printable characters"
+    if not v.strip():
+        return "is only spaces"
+    return None
+
+
+def brief(v: Any, width: int = 40) -> str:
+    """``repr(v)``, cut short: messages quote what they refuse without echoing a megabyte."""
+    text = repr(v)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def valid_id(v: Any) -> TypeGuard[str]:
-    """A command id: a string of 1-256 printable characters."""
-    return isinstance(v, str) and 0 < len(v) <= MAX_ID and v.isprintable()
+    """A command id: a string of 1-256 printable characters, not only spaces."""
+    return id_problem(v, MAX_ID) is None
 
 
-def _short_str(v: Any, limit: int) -> bool:
-    return isinstance(v, str) and 0 < len(v) <= limit
+def _seconds(v: Any) -> bool:
+    # bool is an int to Python, not a time to anyone; JSON has no infinities
+    return v is None or (isinstance(v, int | float) and not isinstance(v, bool))
 
 
 def parse_target(t: Any) -> Target:
@@ -182,17 +234,28 @@ def parse_target(t: Any) -> Target:
     agents = tags = None
     if "agents" in t:
         a = t["agents"]
-        if not isinstance(a, list) or len(a) > MAX_TARGET_AGENTS:
-            raise ValueError(f'"target.agents" must be a list of at most {MAX_TARGET_AGENTS} ids')
-        if not all(_short_str(x, 253) for x in a):
-            raise ValueError('"target.agents" must hold agent ids (strings)')
+        # An empty list would match no agent: nobody would answer, and the sender wait in vain.
+        if not isinstance(a, list) or not 0 < len(a) <= MAX_TARGET_AGENTS:
+            raise ValueError(
+                f'"target.agents" must be a list of 1-{MAX_TARGET_AGENTS} agent ids '
+                "(leave it out to target every agent)"
+            )
+        for x in a:
+            if problem := id_problem(x, MAX_NAME):
+                raise ValueError(f'"target.agents": the agent id {brief(x)} {problem}')
         agents = frozenset(a)
     if "tags" in t:
         g = t["tags"]
         if not isinstance(g, dict) or len(g) > MAX_TARGET_TAGS:
             raise ValueError(f'"target.tags" must be an object of at most {MAX_TARGET_TAGS} tags')
-        if not all(_short_str(k, 256) and isinstance(v, str) for k, v in g.items()):
-            raise ValueError('"target.tags" must map tag names to strings')
+        for k, v in g.items():
+            if problem := id_problem(k, MAX_TAG):
+                raise ValueError(f'"target.tags": the tag name {brief(k)} {problem}')
+            if not isinstance(v, str) or len(v) > MAX_TAG:
+                raise ValueError(
+                    f'"target.tags": {brief(k)} must map to a string of at most {MAX_TAG} '
+                    "characters"
+                )
         tags = dict(g)
     return Target(agents, tags)
 
@@ -217,7 +280,10 @@ def parse_command(value: bytes | None, *, max_bytes: int, header_id: str | None 
     cid = obj.get("id")
     if not valid_id(cid):
         raise EnvelopeError(
-            INVALID_REQUEST, 'invalid command: "id" must be 1-256 printable characters', reply_id
+            INVALID_REQUEST,
+            f'invalid command: "id" {id_problem(cid, MAX_ID)} (1-{MAX_ID} printable characters, '
+            "not only spaces)",
+            reply_id,
         )
     name = obj.get("command")
     name = name if isinstance(name, str) else ""
@@ -234,24 +300,58 @@ def parse_command(value: bytes | None, *, max_bytes: int, header_id: str | None 
         raise bad(INVALID_REQUEST, f"invalid command: unknown members {sorted(extra)[:5]}")
     if name not in COMMANDS:
         raise bad(METHOD_NOT_FOUND, f"unknown command {str(obj.get('command'))[:100]!r}")
+    for member in ("expires_at", "sent_at"):
+        v = obj.get(member)
+        if not _seconds(v):
+            why = f'"{member}" must be Unix seconds (a number), not {_json_type(v)}'
+            raise bad(INVALID_REQUEST, f"invalid command: {why}")
+    sender = obj.get("sender")
+    if sender is not None and not isinstance(sender, str):
+        why = f'"sender" must be a string, not {_json_type(sender)}'
+        raise bad(INVALID_REQUEST, f"invalid command: {why}")
+    try:
+        params = _params(name, obj)
+    except ValueError as e:
+        raise bad(INVALID_PARAMS, str(e)) from None
     expires = obj.get("expires_at")
-    if expires is not None and (not isinstance(expires, int | float) or isinstance(expires, bool)):
-        raise bad(INVALID_REQUEST, 'invalid command: "expires_at" must be Unix seconds')
+    return Command(cid, name, target, params, None if expires is None else float(expires))
+
+
+def _params(name: str, obj: Mapping[str, Any]) -> Any:
+    """The params of command ``name`` from its members; raise ValueError with what is wrong."""
     source = COMMANDS[name]
-    params: Any = None
+    has_task, has_id = "task" in obj, "task_id" in obj
+    # A member the command does not take is refused, not ignored: the sender meant something.
+    if source is None:
+        if has_task or has_id:
+            raise ValueError(f'{name} takes neither "task" nor "task_id"')
+        return None
     task = obj.get("task")
     if source == "task":
+        if has_id:
+            raise ValueError(f'{name} takes "task" (the task spec), not "task_id"')
+        if not has_task:
+            raise ValueError(f'{name} needs "task": the task spec (an object)')
         if not isinstance(task, dict):
-            raise bad(INVALID_PARAMS, f'{name} needs "task": the task spec (an object)')
-        params = task
-    elif source == "task_id":
-        task_id = obj.get("task_id")
-        if task_id is None and isinstance(task, dict):
-            task_id = task.get("id")
-        if not _short_str(task_id, 253):
-            raise bad(INVALID_PARAMS, f'{name} needs "task_id": the task id (a string)')
-        params = {"id": task_id}
-    return Command(cid, name, target, params, None if expires is None else float(expires))
+            raise ValueError(
+                f'{name}: "task" must be the task spec (an object), not {_json_type(task)}'
+            )
+        return task
+    if has_task and has_id:
+        raise ValueError(f'{name} takes "task_id" or "task", not both')
+    if has_task:
+        if not isinstance(task, dict):
+            raise ValueError(
+                f'{name}: "task" must be an object with the task\'s "id", not {_json_type(task)}'
+            )
+        what, task_id = '"task.id"', task.get("id")
+    elif has_id:
+        what, task_id = '"task_id"', obj["task_id"]
+    else:
+        raise ValueError(f'{name} needs "task_id": the task id')
+    if problem := id_problem(task_id, MAX_NAME):
+        raise ValueError(f"{name}: {what} {problem}")
+    return {"id": task_id}
 
 
 def command_key(envelope: Mapping[str, Any]) -> bytes:

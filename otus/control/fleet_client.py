@@ -12,6 +12,7 @@ import contextlib
 import getpass
 import math
 import socket
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -26,6 +27,7 @@ from otus.control.fleet import (
     client_kwargs,
     command_key,
     ensure_topics,
+    parse_command,
 )
 
 __all__ = ["FleetClient", "new_command_id", "stale"]
@@ -157,7 +159,7 @@ class FleetClient:
         expires_in_s: float | None = None,
         command_id: str | None = None,
     ) -> dict[str, Any]:
-        """A command envelope (see :mod:`otus.control.fleet`)."""
+        """A command envelope (:mod:`otus.control.fleet`); EnvelopeError if agents refuse it."""
         now = time.time()
         env: dict[str, Any] = {
             "id": command_id or new_command_id(),
@@ -172,6 +174,9 @@ class FleetClient:
             env["task_id"] = task_id
         if expires_in_s:
             env["expires_at"] = round(now + expires_in_s, 6)
+        # Checked as the agents check it, so nothing they would refuse (or, like an empty agent
+        # list, silently skip) is sent; its size aside: that limit is the agents' own.
+        parse_command(orjson.dumps(env), max_bytes=sys.maxsize)
         return env
 
     async def send_raw(

@@ -8,7 +8,8 @@ through the daemon's one command set (:class:`~otus.control.commands.Commands`, 
 At most once per agent, across restarts. For each command that targets this agent:
 
 1. skip it when :class:`~otus.control.applied.AppliedLog` knows its id (a redelivery): reply with
-   the recorded outcome, ``"duplicate": true``;
+   the recorded outcome, ``"duplicate": true`` (:mod:`~otus.control.redelivery`); an id recorded
+   for a different command is refused instead, its sender reusing ids;
 2. append ``pending`` to the record and fsync it — before anything is applied;
 3. apply it; append the outcome (``done``) and fsync;
 4. reply; commit the offset after the message (manual commits, one per handled message).
@@ -51,7 +52,6 @@ from otus.control.applied import AppliedLog
 from otus.control.base import KafkaSettings, PlaneContext
 from otus.control.fleet import (
     COMMAND_EXPIRED,
-    COMMAND_INTERRUPTED,
     ID_HEADER,
     Command,
     EnvelopeError,
@@ -62,6 +62,7 @@ from otus.control.fleet import (
     parse_command,
 )
 from otus.control.jsonrpc import SHUTTING_DOWN, error_for
+from otus.control.redelivery import duplicate_reply, reused_id_reply
 from otus.core.aio import cancel_requested
 from otus.core.stats import drops
 
@@ -379,8 +380,14 @@ class KafkaPlane:
             return
         prior = self.applied.get(cmd.id)
         if prior is not None:
+            if (refusal := reused_id_reply(cmd, prior, me)) is not None:
+                self.counts["malformed"] += 1
+                log.warning("kafka: command id reused for another command", id=cmd.id,
+                            command=cmd.command, before=prior.get("command"))  # fmt: skip
+                await self._reply(refusal)
+                return
             self.counts["duplicates"] += 1
-            await self._reply(self._duplicate(cmd, prior))
+            await self._reply(duplicate_reply(cmd, prior, me))
             return
         write = asyncio.ensure_future(asyncio.to_thread(self.applied.begin, cmd.id, cmd.command))
         try:
@@ -392,18 +399,6 @@ class KafkaPlane:
                     await asyncio.to_thread(self.applied.release, cmd.id)
             raise
         await self._apply(cmd)
-
-    def _duplicate(self, cmd: Command, prior: dict[str, Any]) -> dict[str, Any]:
-        me = self.ctx.agent_id
-        if prior.get("status") != "done":
-            msg = "interrupted: the agent stopped while applying this command; not applied again"
-            return error_reply(cmd.id, me, cmd.command, COMMAND_INTERRUPTED, msg, duplicate=True)
-        if prior.get("ok"):
-            result = {"already_applied_at": prior.get("at")}
-            return ok_reply(cmd.id, me, cmd.command, result, duplicate=True)
-        code = int(prior.get("code") or 0)
-        message = str(prior.get("message") or "failed")
-        return error_reply(cmd.id, me, cmd.command, code, message, duplicate=True)
 
     async def _apply(self, cmd: Command) -> None:
         call = asyncio.ensure_future(self.ctx.commands.call(cmd.command, cmd.params, plane="kafka"))

@@ -187,7 +187,7 @@ def test_exit_codes_without_agents(kafka_broker: KafkaBroker, tmp_path: Path) ->
     proc = fleet(settings, "agents")
     assert proc.returncode == 0 and "no agents heard from" in proc.stdout
     proc = fleet(settings, "task", "list", "--tag", "oops")
-    assert proc.returncode == 2 and "--tag must be KEY=VALUE" in proc.stderr
+    assert proc.returncode == 2 and "argument --tag: must be KEY=VALUE" in proc.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("id: x\ncapture: {type: nope}\n")
     proc = fleet(settings, "task", "create", "-f", str(bad))
@@ -210,3 +210,50 @@ def test_unreachable_broker_exits_3() -> None:
         check=False,
     )
     assert proc.returncode == 2 and "no Kafka brokers" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["task", "list", "--agent", ""], "argument --agent: the agent id '' is empty"),
+        (["task", "list", "--agent", "  "], "the agent id '  ' is only spaces"),
+        (["task", "list", "--agent", "a\tb"], "has non-printable characters"),
+        (["reload", "--agent", "a" * 254], "over the 253-character limit"),
+        (["task", "status", "x" * 300], "argument ID: the task id 'xxx"),
+        (["task", "status", "x" * 300], "is 300 characters long, over the 253-character limit"),
+        (["task", "delete", ""], "the task id '' is empty"),
+        (["task", "list", "--tag", "=eu"], "argument --tag: must be KEY=VALUE"),
+        (["task", "list", "--tag", " =eu"], "the tag name ' ' is only spaces"),
+        (["task", "list", "--tag", "k=" + "v" * 300], "over the 256-character limit"),
+        (["task", "list", "--tag", "r=eu", "--tag", "r=us"], "--tag r is given twice"),
+    ],
+)
+def test_bad_targets_and_ids_are_usage_errors_before_anything_is_sent(
+    args: list[str], message: str
+) -> None:
+    # No broker listens: had the command been sent (or tried), the exit would be 3, not 2.
+    settings = fleet_settings("127.0.0.1:9")
+    proc = fleet(settings, *args, "--timeout", "3", brokers=f"127.0.0.1:{free_port()}")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("id: x\ncapture: [a\n", "expected ',' or ']', but got '<stream end>' (line 3, column 1)"),
+        ("id: x\n\tcapture: {}\n", "found character '\\t' that cannot start any token (line 2"),
+        ("id: x\x00\n", "unacceptable character #x0000: special characters are not allowed"),
+    ],
+)
+def test_a_task_file_that_is_not_yaml_is_one_line_naming_the_file(
+    tmp_path: Path, text: str, reason: str
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    settings = fleet_settings("127.0.0.1:9")
+    proc = fleet(settings, "task", "create", "-f", str(bad), brokers=f"127.0.0.1:{free_port()}")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"otus: {bad}: not valid YAML: "), lines
+    assert reason in lines[0]

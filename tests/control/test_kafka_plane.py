@@ -83,6 +83,35 @@ def test_each_command_maps_to_its_params() -> None:
         (cmd(extra=1), None, INVALID_REQUEST, "c1", True),
         (cmd(expires_at="soon"), None, INVALID_REQUEST, "c1", True),
         (b"x" * 5000, "h3", INVALID_REQUEST, "h3", False),
+        (cmd(id="   "), "h4", INVALID_REQUEST, "h4", False),
+        (cmd(id="   "), "  ", INVALID_REQUEST, None, False),
+        (cmd(target={"agents": []}), None, INVALID_REQUEST, "c1", False),
+        (cmd(target={"agents": [""]}), None, INVALID_REQUEST, "c1", False),
+        (cmd(target={"tags": {"": "x"}}), None, INVALID_REQUEST, "c1", False),
+        (cmd(target={"tags": {"k": "v" * 300}}), None, INVALID_REQUEST, "c1", False),
+        (cmd(sent_at="x"), None, INVALID_REQUEST, "c1", True),
+        (cmd(sent_at=True), None, INVALID_REQUEST, "c1", True),
+        (cmd(sender=5), None, INVALID_REQUEST, "c1", True),
+        (cmd(command="task.delete", task_id="t", task=[1]), None, INVALID_PARAMS, "c1", True),
+        (
+            cmd(command="task.delete", task_id="t", task={"id": "t"}),
+            None,
+            INVALID_PARAMS,
+            "c1",
+            True,
+        ),
+        (cmd(command="task.status", task_id="x" * 254), None, INVALID_PARAMS, "c1", True),
+        (cmd(command="task.status", task_id=""), None, INVALID_PARAMS, "c1", True),
+        (cmd(command="task.status", task={}), None, INVALID_PARAMS, "c1", True),
+        (
+            cmd(command="task.create", task={"id": "t"}, task_id="t"),
+            None,
+            INVALID_PARAMS,
+            "c1",
+            True,
+        ),
+        (cmd(task_id="t"), None, INVALID_PARAMS, "c1", True),
+        (cmd(command="config.reload", task={"id": "t"}), None, INVALID_PARAMS, "c1", True),
     ],
 )
 def test_malformed_commands(
@@ -93,6 +122,52 @@ def test_malformed_commands(
     assert e.value.code == code
     assert e.value.command_id == reply_to
     assert (e.value.target is not None) == target_known
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"command": "task.status", "task_id": "x" * 300},
+            'task.status: "task_id" is 300 characters long, over the 253-character limit',
+        ),
+        ({"command": "task.status", "task_id": ""}, 'task.status: "task_id" is empty'),
+        ({"command": "task.delete", "task_id": 7}, '"task_id" must be a string, not a number'),
+        ({"command": "task.delete", "task": {"id": None}}, '"task.id" must be a string, not null'),
+        ({"command": "task.delete"}, 'task.delete needs "task_id"'),
+        ({"command": "task.delete", "task_id": "t", "task": [1]}, '"task_id" or "task", not both'),
+        ({"command": "task.list", "task_id": "t"}, 'task.list takes neither "task" nor "task_id"'),
+        ({"id": "   "}, '"id" is only spaces'),
+        ({"id": "a\tb"}, '"id" has non-printable characters'),
+        ({"sent_at": "x"}, '"sent_at" must be Unix seconds (a number), not a string'),
+        ({"sender": 5}, '"sender" must be a string, not a number'),
+        ({"target": {"agents": []}}, '"target.agents" must be a list of 1-10000 agent ids'),
+        ({"target": {"agents": ["a", " "]}}, "the agent id ' ' is only spaces"),
+    ],
+)
+def test_envelope_errors_say_what_is_wrong(env: dict[str, Any], message: str) -> None:
+    with pytest.raises(EnvelopeError) as e:
+        parse_command(cmd(**env), max_bytes=1 << 20)
+    assert message in e.value.message
+
+
+def test_informational_members_and_the_task_as_id_are_accepted() -> None:
+    c = parse_command(cmd(sent_at=1795315603.5, sender="alice@ops-1"), max_bytes=1 << 20)
+    assert (c.command, c.params) == ("task.list", None)
+    c = parse_command(cmd(command="task.delete", task={"id": "t", "x": 1}), max_bytes=1 << 20)
+    assert c.params == {"id": "t"}
+    c = parse_command(cmd(command="task.status", task_id="x" * 253), max_bytes=1 << 20)
+    assert c.params == {"id": "x" * 253}
+
+
+def test_the_sender_refuses_what_agents_would_refuse() -> None:
+    fleet = FleetClient(fleet_settings("127.0.0.1:9"))  # not started: envelopes need no broker
+    with pytest.raises(EnvelopeError, match=r"target\.agents"):
+        fleet.envelope("task.list", {"agents": []})
+    with pytest.raises(EnvelopeError, match="over the 253-character limit"):
+        fleet.envelope("task.status", {}, task_id="x" * 300)
+    env = fleet.envelope("task.status", {"agents": ["a1"]}, task_id="calls", expires_in_s=5)
+    assert parse_command(orjson.dumps(env), max_bytes=1 << 20).params == {"id": "calls"}
 
 
 def test_targets() -> None:
@@ -377,6 +452,9 @@ async def test_malformed_commands_are_answered_or_counted(
     assert bad_spec["code"] == INVALID_SPEC and bad_spec["data"]
     expired = await one(cmd(id="m5", expires_at=time.time() - 1), "m5")
     assert expired["code"] == COMMAND_EXPIRED
+    # An empty agent list matches nobody: rather than every agent skipping it, every one says so.
+    nobody = await one(cmd(id="m7", target={"agents": []}), "m7")
+    assert nobody["code"] == INVALID_REQUEST and "target.agents" in nobody["message"]
     # Nobody to answer: no id, or meant for another agent.
     assert await raw(b"\xff\xfe not even utf-8", None, wait_s=2) == []
     assert await raw(cmd(id="m6", target={"tags": {"region": "us"}}, bogus=1), "m6", 2) == []
@@ -384,7 +462,7 @@ async def test_malformed_commands_are_answered_or_counted(
     _, replies = await collect(settings, "task.list", {}, expected={"a1"})
     assert replies[0]["ok"]
     c = agent.plane.counts
-    assert (c["malformed"], c["expired"], c["skipped"]) == (6, 1, 1), c
+    assert (c["malformed"], c["expired"], c["skipped"]) == (7, 1, 1), c
     assert not agent.task.done()
 
 
@@ -400,6 +478,30 @@ async def test_a_failed_command_replies_with_the_error_and_is_recorded(
     cid, replies = await collect(settings, "task.create", {}, expected={"a1"}, task=spec)
     assert replies[0]["error"]["code"] == TASK_EXISTS
     assert agent.plane.applied.get(cid)["code"] == TASK_EXISTS  # type: ignore[index]
+
+
+@pytest.mark.kafka
+async def test_a_reused_command_id_is_refused_not_answered_with_another_outcome(
+    settings: KafkaSettings, start_agent: Start
+) -> None:
+    agent = await start_agent(settings, "a1")
+    _, first = await collect(
+        settings, "task.status", {}, expected={"a1"}, task_id="nope", command_id="dup"
+    )
+    assert first[0]["error"]["message"] == "no task 'nope'"
+    _, reused = await collect(settings, "task.list", {}, expected={"a1"}, command_id="dup")
+    assert reused[0]["command"] == "task.list" and "duplicate" not in reused[0], reused
+    assert reused[0]["error"]["code"] == INVALID_REQUEST
+    assert reused[0]["error"]["message"].startswith(
+        "command id 'dup' was already used by task.status"
+    )
+    # The record still holds task.status: its genuine redelivery is answered as one.
+    _, again = await collect(
+        settings, "task.status", {}, expected={"a1"}, task_id="nope", command_id="dup"
+    )
+    assert again[0]["duplicate"] and again[0]["error"]["message"] == "no task 'nope'"
+    c = agent.plane.counts
+    assert (c["failed"], c["malformed"], c["duplicates"], c["applied"]) == (1, 1, 1, 0), c
 
 
 async def test_no_broker_means_retries_not_a_crash(start_agent: Start, tmp_path: Path) -> None:
