@@ -21,11 +21,9 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
 from pydantic import ValidationError
 
 from otus.cli.client import (
@@ -37,7 +35,7 @@ from otus.cli.client import (
     seconds,
     table,
 )
-from otus.cli.task import _read_spec as read_spec  # the same task files as `otus task create`
+from otus.cli.task import _read_spec as _read_task  # the same task files as `otus task create`
 from otus.control.base import KafkaSettings
 from otus.control.fleet import (
     MAX_NAME,
@@ -51,7 +49,7 @@ from otus.control.fleet import (
     id_problem,
 )
 from otus.control.fleet_client import FleetClient, stale
-from otus.core.errors import ConfigError, ReporterError, SpecError
+from otus.core.errors import ConfigError, ReporterError
 from otus.core.stats import drops
 from otus.pipeline.spec import format_validation_error
 from otus.plugins.reporter.kafka_config import check_broker
@@ -210,31 +208,6 @@ def _target(args: argparse.Namespace) -> Target:
             f"--agent: {len(set(args.agent))} agents, over the limit of {MAX_TARGET_AGENTS}"
         )
     return Target(frozenset(args.agent) if args.agent else None, tags or None)
-
-
-def _yaml_reason(e: yaml.YAMLError) -> str:
-    """PyYAML's error on one line: what is wrong and where (its own spans lines, with a caret)."""
-    if isinstance(e, yaml.MarkedYAMLError) and (e.problem or e.context):
-        mark = e.problem_mark if e.problem else e.context_mark
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        return f"{e.problem or e.context}{where}"
-    if isinstance(e, yaml.reader.ReaderError):  # a character YAML does not allow
-        return f"{str(e).splitlines()[0]} (character {e.position + 1})"
-    return " ".join(str(e).split())
-
-
-def _read_task(path: str) -> dict[str, Any]:
-    """The task file (``-``: stdin), checked; a YAML error told on one line."""
-    try:
-        return read_spec(path)
-    except SpecError as e:
-        # The reader words a YAML error as PyYAML does, over several lines; it raised "from None",
-        # so the parser's own error is still at hand as the context.
-        cause = e.__context__
-        if not isinstance(cause, yaml.YAMLError):
-            raise
-        source, kind = ("stdin", "YAML or JSON") if path == "-" else (str(Path(path)), "YAML")
-        raise SpecError(f"{source}: not valid {kind}: {_yaml_reason(cause)}") from None
 
 
 def _run(args: argparse.Namespace, coro_fn: Any) -> int:

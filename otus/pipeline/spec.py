@@ -183,6 +183,15 @@ def document_error(e: Exception) -> str:
     # its own error type, and Python's wording names internals (recursion, set_int_max_str_digits).
     if isinstance(e, RecursionError):
         return "nested too deeply"
+    if isinstance(e, yaml.MarkedYAMLError) and (e.problem or e.context):
+        # PyYAML's own message spans lines, with a caret: what is wrong and where, on one
+        mark = e.problem_mark if e.problem else e.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        return f"{e.problem or e.context}{where}"
+    if isinstance(e, yaml.reader.ReaderError):  # a character YAML does not allow
+        return f"{str(e).splitlines()[0]} (character {e.position + 1})"
+    if isinstance(e, yaml.YAMLError):
+        return " ".join(str(e).split())
     if isinstance(e, ValueError) and "Exceeds the limit" in str(e):
         return f"an integer has more than {sys.get_int_max_str_digits()} digits"
     return str(e)
