@@ -30,7 +30,14 @@ import kopf
 from otus.control.kubernetes.model import GROUP, PLURAL, VERSION, LabelSelector
 from otus.core.errors import SpecError
 from otus.core.kube import ApiError, KubeClient, KubeConfig, Reflector
-from otus_operator.logic import assign, merge_conditions, plan_status, rfc3339, waiting_nodes
+from otus_operator.logic import (
+    Silence,
+    assign,
+    merge_conditions,
+    plan_status,
+    rfc3339,
+    waiting_nodes,
+)
 
 __all__ = ["AgentWatcher", "OperatorConfig", "State", "registry"]
 
@@ -63,6 +70,7 @@ class State:
     wakers: dict[str, asyncio.Event] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     last_event: dict[str, str] = field(default_factory=dict)
+    silence: Silence = field(default_factory=Silence)  # when node entries last changed
 
     def wake_all(self) -> None:
         """Re-run every CaptureTask's reconcile now."""
@@ -229,6 +237,8 @@ async def reconcile(
     finally:
         stop.cancel()
         state.wakers.pop(key, None)
+        if not body.get("metadata", {}).get("deletionTimestamp"):
+            state.silence.forget(key)  # a deleted task's drain still times its nodes
 
 
 async def _reconcile_once(
@@ -253,6 +263,7 @@ async def _reconcile_once(
     current = list(status.get("assignedNodes") or [])
     assigned = [] if errors is not None else assign(selector, node_labels, agents, current)
     now = time.time()
+    key = f"{meta.get('namespace')}/{meta.get('name')}"
     plan = plan_status(
         spec_errors=errors,
         paused=paused,
@@ -261,6 +272,7 @@ async def _reconcile_once(
         generation=meta.get("generation"),
         now=now,
         heartbeat_timeout=state.config.heartbeat_timeout_s,
+        seen=state.silence.observe(key, status.get("nodes") or {}, now),
     )
     new = dict(plan.status)
     new["conditions"] = merge_conditions(
@@ -269,7 +281,6 @@ async def _reconcile_once(
     changed = {k: v for k, v in new.items() if status.get(k) != v}
     if plan.node_patch:
         changed["nodes"] = plan.node_patch
-    key = f"{meta.get('namespace')}/{meta.get('name')}"
     if plan.event is not None and state.last_event.get(key) != plan.event[2]:
         kopf.event(body, type=plan.event[0], reason=plan.event[1], message=plan.event[2])
         state.last_event[key] = plan.event[2]
@@ -295,12 +306,17 @@ async def drain(body: kopf.Body, memo: Any, runtime: Any, **_: Any) -> None:
     state = _memo(memo)
     status: Mapping[str, Any] = body.get("status") or {}
     agents = state.agents.nodes() if state.agents is not None else {}
-    waiting = waiting_nodes(status, agents, time.time(), state.config.heartbeat_timeout_s)
+    meta, now = body.get("metadata", {}), time.time()
+    key = f"{meta.get('namespace')}/{meta.get('name')}"
+    seen = state.silence.observe(key, status.get("nodes") or {}, now)
+    waiting = waiting_nodes(status, agents, now, state.config.heartbeat_timeout_s, seen)
     if not waiting:
+        state.silence.forget(key)
         kopf.event(body, type="Normal", reason="Drained", message="all agents stopped and flushed")
         return
     elapsed = float(runtime.total_seconds())
     if elapsed >= state.config.delete_timeout_s:
+        state.silence.forget(key)
         kopf.event(
             body,
             type="Warning",

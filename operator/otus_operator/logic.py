@@ -5,6 +5,7 @@ Kept apart from the kopf handlers so the rules are readable and tested without a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -13,7 +14,9 @@ from typing import Any
 from otus.control.kubernetes.model import LabelSelector
 
 __all__ = [
+    "CLOCK_SKEW_S",
     "Plan",
+    "Silence",
     "assign",
     "heartbeat_age",
     "merge_conditions",
@@ -24,6 +27,7 @@ __all__ = [
 
 _ACTIVE = frozenset({"Starting", "Running", "Paused", "Stopping", "Failed"})
 _FINAL = frozenset({"Stopped", "Unknown"})
+CLOCK_SKEW_S = 60.0  # how far ahead of ours a node's clock may be before its stamps mean nothing
 
 
 def rfc3339(ts: float) -> str:
@@ -31,8 +35,12 @@ def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def heartbeat_age(entry: Mapping[str, Any], now: float) -> float:
-    """Seconds since a node entry's ``lastHeartbeat`` (infinite when missing or unreadable)."""
+def heartbeat_age(entry: Mapping[str, Any], now: float, seen_at: float | None = None) -> float:
+    """Seconds since a node entry's ``lastHeartbeat`` (infinite when missing or unreadable).
+
+    A stamp more than :data:`CLOCK_SKEW_S` in the future would keep a dead node fresh for ever:
+    then the age is the time since ``seen_at`` (when the entry last changed), or infinite.
+    """
     raw = entry.get("lastHeartbeat")
     if not isinstance(raw, str):
         return float("inf")
@@ -40,7 +48,35 @@ def heartbeat_age(entry: Mapping[str, Any], now: float) -> float:
         ts = datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return float("inf")
+    if ts - now > CLOCK_SKEW_S:
+        return float("inf") if seen_at is None else max(0.0, now - seen_at)
     return max(0.0, now - ts)
+
+
+class Silence:
+    """When the operator last saw each node entry of each CaptureTask change.
+
+    The agent rewrites its entry with every heartbeat, so an entry that stays the same tells
+    how long its node has been silent by the operator's own clock, whatever the node's says.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, dict[str, tuple[str, float]]] = {}
+
+    def observe(self, key: str, nodes: Mapping[str, Any], now: float) -> dict[str, float]:
+        """Record ``status.nodes`` of a CaptureTask; node -> when its entry last changed."""
+        old = self._seen.get(key, {})
+        new: dict[str, tuple[str, float]] = {}
+        for name, entry in nodes.items():
+            mark = json.dumps(entry, sort_keys=True, default=str)
+            prev = old.get(name)
+            new[name] = prev if prev is not None and prev[0] == mark else (mark, now)
+        self._seen[key] = new
+        return {name: since for name, (_, since) in new.items()}
+
+    def forget(self, key: str) -> None:
+        """Drop what was recorded for a CaptureTask."""
+        self._seen.pop(key, None)
 
 
 def assign(
@@ -108,8 +144,13 @@ def plan_status(
     generation: int | None,
     now: float,
     heartbeat_timeout: float,
+    seen: Mapping[str, float] | None = None,
 ) -> Plan:
-    """Conditions, counts, totals and node marks for one CaptureTask."""
+    """Conditions, counts, totals and node marks for one CaptureTask.
+
+    ``seen``: node -> when the operator last saw its entry change (:class:`Silence`).
+    """
+    seen = seen or {}
     plan = Plan()
     nodes: dict[str, Any] = dict(status.get("nodes") or {})
     phases: dict[str, str] = {}
@@ -119,7 +160,7 @@ def plan_status(
             phases[name] = "Pending"
             continue
         phase = str(entry.get("phase", "Pending"))
-        age = heartbeat_age(entry, now)
+        age = heartbeat_age(entry, now, seen.get(name))
         if phase in _ACTIVE and age > heartbeat_timeout:
             phase = "Unknown"
             msg = f"no report from the agent for {int(age)}s" if age != float("inf") else ""
@@ -129,7 +170,8 @@ def plan_status(
         if name in assigned or not isinstance(entry, Mapping):
             continue
         # Unassigned: drop the entry once its agent stopped, or went silent.
-        if entry.get("phase") in _FINAL or heartbeat_age(entry, now) > heartbeat_timeout:
+        silent = heartbeat_age(entry, now, seen.get(name)) > heartbeat_timeout
+        if entry.get("phase") in _FINAL or silent:
             plan.node_patch[name] = None
     running = sorted(n for n, p in phases.items() if p == "Running")
     failed = sorted(n for n, p in phases.items() if p == "Failed")
@@ -180,14 +222,19 @@ def plan_status(
 
 
 def waiting_nodes(
-    status: Mapping[str, Any], agents: Mapping[str, bool], now: float, heartbeat_timeout: float
+    status: Mapping[str, Any],
+    agents: Mapping[str, bool],
+    now: float,
+    heartbeat_timeout: float,
+    seen: Mapping[str, float] | None = None,
 ) -> list[str]:
     """Nodes whose agent may still be running the task (so deletion must wait for them)."""
+    seen = seen or {}
     out = []
     for name, entry in (status.get("nodes") or {}).items():
         if not isinstance(entry, Mapping) or entry.get("phase") in _FINAL:
             continue
-        if name not in agents or heartbeat_age(entry, now) > heartbeat_timeout:
+        if name not in agents or heartbeat_age(entry, now, seen.get(name)) > heartbeat_timeout:
             continue  # no agent left to flush anything
         out.append(name)
     # Assigned but never reported: its agent may be starting the task right now.

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from otus_operator.logic import assign, merge_conditions, plan_status, rfc3339, waiting_nodes
+from otus_operator.logic import (
+    Silence,
+    assign,
+    merge_conditions,
+    plan_status,
+    rfc3339,
+    waiting_nodes,
+)
 
 from otus.control.kubernetes.model import LabelSelector
 
@@ -84,3 +91,35 @@ def test_drain_waits_only_for_live_agents() -> None:
     }  # fmt: skip
     agents = {"a": True, "b": True, "dead": True, "new": True}
     assert waiting_nodes(status, agents, NOW, 30) == ["a", "new"]
+
+
+FUTURE = "2099-01-01T00:00:00Z"
+
+
+def test_heartbeat_from_the_future_is_timed_by_the_operator() -> None:
+    status = {"nodes": {"a": {"phase": "Running", "lastHeartbeat": FUTURE},
+                        "b": {"phase": "Running", "lastHeartbeat": FUTURE},
+                        "skew": entry("Running", age=-30)}}  # fmt: skip
+    seen = {"a": NOW - 1, "b": NOW - 120, "skew": NOW - 120}
+    plan = plan_status(spec_errors=None, paused=False, assigned=["a", "b", "skew"],
+                       status=status, generation=1, now=NOW, heartbeat_timeout=30,
+                       seen=seen)  # fmt: skip
+    assert set(plan.node_patch) == {"b"} and "120s" in plan.node_patch["b"]["message"]
+    # Without a record of when it changed, such an entry proves nothing: stale.
+    plan = plan_status(spec_errors=None, paused=False, assigned=["a"], status=status,
+                       generation=1, now=NOW, heartbeat_timeout=30)  # fmt: skip
+    assert plan.node_patch["a"]["phase"] == "Unknown"
+    agents = {"a": True, "b": True, "skew": True}
+    assert waiting_nodes(status, agents, NOW, 30, seen) == ["a", "skew"]
+
+
+def test_silence_times_entries_from_their_last_change() -> None:
+    silence = Silence()
+    nodes = {"a": {"phase": "Running", "lastHeartbeat": FUTURE}}
+    assert silence.observe("ns/t", nodes, NOW) == {"a": NOW}
+    assert silence.observe("ns/t", nodes, NOW + 50) == {"a": NOW}  # unchanged: silent since NOW
+    nodes = {"a": {"phase": "Running", "lastHeartbeat": FUTURE, "packets": 9}}
+    assert silence.observe("ns/t", nodes, NOW + 60) == {"a": NOW + 60}
+    assert silence.observe("ns/t", {}, NOW + 70) == {}
+    silence.forget("ns/t")
+    assert silence.observe("ns/t", nodes, NOW + 80) == {"a": NOW + 80}

@@ -109,6 +109,20 @@ async def test_silent_agent_turns_unknown_then_recovers(cluster: Cluster) -> Non
     assert condition(cluster, "calls", "Degraded")["status"] == "False"
 
 
+async def test_heartbeat_from_the_future_still_turns_unknown(cluster: Cluster) -> None:
+    await cluster.add_node("node-a", SIP, agent=False)  # a pod, but the agent is not ours
+    await cluster.api.agent_pod(AGENT_NS, "node-a")
+    await cluster.api.create_ct(NS, "calls", SPEC)
+    await eventually(lambda: status(cluster, "calls").get("assignedNodes") == ["node-a"])
+    entry = {"phase": "Running", "lastHeartbeat": "2099-01-01T00:00:00Z", "taskId": "voice.calls"}
+    await cluster.api.client.merge_patch(
+        ct_path(NS, "calls", "status"), {"status": {"nodes": {"node-a": entry}}}
+    )  # its clock is far ahead, then it goes silent
+    await eventually(lambda: node_phase(cluster, "calls", "node-a") == "Unknown", 10,
+                     what="node-a Unknown")  # fmt: skip
+    assert condition(cluster, "calls", "Degraded")["reason"] == "NodesUnknown"
+
+
 async def test_pause_stops_agents(cluster: Cluster) -> None:
     await cluster.add_node("node-a", SIP)
     await cluster.api.create_ct(NS, "calls", SPEC)

@@ -8,10 +8,14 @@ the operator) holds this node:
   when the resulting :class:`TaskSpec` changes (spec edit, rotated Secret), deletes it when the
   task is paused, unassigned or being deleted (``deletionTimestamp``: delete flushes the
   reporters, then ``phase: Stopped`` tells the operator it may release its finalizer);
-- reads the Secrets named by reporters' ``secretRef``s and writes each value to a file (mode
-  0600, in a 0700 directory per task and content hash under ``runtime_dir``, tmpfs in the
-  chart) that the reporter config points at; values never enter the task spec, which the
-  manager may persist and show;
+- retries a failed start with a backoff (``retry_min_s`` doubling up to ``retry_max_s``), and
+  on each resync re-derives the phase from the task manager, restarting a task that failed;
+- keeps a running task when its spec can no longer be built (a Secret deleted): it goes on with
+  the files it has, reported ``Running`` with a message saying why;
+- after the first full list (and the manager's restore), deletes tasks restored from the state
+  file whose id has the agent's form but that no CaptureTask assigned to this node claims;
+- reads the Secrets named by reporters' ``secretRef``s into private files
+  (:mod:`otus.control.kubernetes.secrets`) under ``runtime_dir``;
 - writes only its own entry ``status.nodes.<node>`` with a JSON merge patch on ``/status`` (maps
   merge key by key, so agents never overwrite each other): at once on a phase change, otherwise
   a heartbeat at most every ``heartbeat_s`` seconds.
@@ -20,13 +24,9 @@ the operator) holds this node:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import hashlib
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,9 +38,11 @@ from otus.control.kubernetes.model import (
     API_VERSION,
     PLURAL,
     CaptureTaskSpec,
+    is_agent_task_id,
     parse_capture_task,
     task_id_for,
 )
+from otus.control.kubernetes.secrets import prune_secret_dirs, resolve_secrets
 from otus.core.aio import cancel_requested
 from otus.core.errors import OtusError, SpecError, TaskError, TaskExistsError, TaskNotFoundError
 from otus.core.kube import ApiError, KubeClient, KubeConfig, Reflector
@@ -80,6 +82,10 @@ class TaskManagerLike(Protocol):
         """A TaskInfo: ``state``, ``reason``, ``stats``."""
         ...
 
+    def list(self) -> Any:
+        """Every task's TaskInfo."""
+        ...
+
     def subscribe(self, callback: Callable[[Any], None]) -> Any:
         """Call ``callback(TaskInfo)`` on each state change."""
         ...
@@ -104,7 +110,10 @@ class _Entry:
     task_id: str
     generation: int | None = None
     spec: TaskSpec | None = None  # the task running now, if any
-    failed_key: tuple[Any, ...] | None = None  # do not retry the same failing input
+    failed_key: tuple[Any, ...] | None = None  # the input whose start failed
+    retry_at: float = 0.0  # monotonic time to retry that start; 0: no retry pending
+    retry_s: float = 0.0  # the current backoff
+    warning: str = ""  # why the running task is not what the CaptureTask asks for now
     phase: str = ""
     message: str = ""
     reported_phase: str = ""
@@ -128,6 +137,8 @@ class KubernetesAgent:
         runtime_dir: Path | None = None,
         heartbeat_s: float = 10.0,
         resync_s: float = 300.0,
+        retry_min_s: float = 5.0,
+        retry_max_s: float = 300.0,
         goodbye: bool = True,
     ) -> None:
         if not node_name:
@@ -141,6 +152,7 @@ class KubernetesAgent:
         self.secrets_dir = base / "secrets"
         self.heartbeat_s = heartbeat_s
         self.resync_s = resync_s
+        self.retry_min_s, self.retry_max_s = retry_min_s, retry_max_s
         self.goodbye = goodbye  # on cancellation, report Stopped for each task
         self.objects: dict[str, dict[str, Any]] = {}  # key -> reduced CaptureTask
         self.entries: dict[str, _Entry] = {}
@@ -148,6 +160,7 @@ class KubernetesAgent:
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._report_now = asyncio.Event()
+        self._synced = False  # first full list seen and the manager's restore done
 
     def _path(self, namespace: str | None = None) -> str:
         ns = namespace or self.namespace
@@ -167,6 +180,7 @@ class KubernetesAgent:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(reflector.run(), name="capturetask-watch")
+                tg.create_task(self._await_sync(reflector.synced), name="capturetask-sync")
                 tg.create_task(self._reconcile_loop(), name="capturetask-reconcile")
                 tg.create_task(self._report_loop(), name="capturetask-status")
         finally:
@@ -208,18 +222,34 @@ class KubernetesAgent:
         phase = _PHASES.get(_state(info), "Running")
         if phase != entry.phase:
             entry.phase = phase
-            entry.message = str(getattr(info, "reason", None) or "")
+            entry.message = str(getattr(info, "reason", None) or entry.warning)
             self._report_now.set()
+
+    async def _await_sync(self, synced: asyncio.Event) -> None:
+        await synced.wait()
+        # Restored tasks appear in the manager as its restore begins, concurrently with us; the
+        # manager has no event for that, only a flag.
+        while not getattr(self.manager, "restored", True):  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        self._synced = True
+        self._wake.set()
 
     async def _reconcile_loop(self) -> None:
         next_resync = time.monotonic() + self.resync_s
+        orphans_checked = False
         while True:
-            timeout = max(0.0, next_resync - time.monotonic())
-            await _wait(self._wake, timeout)
+            retries = [e.retry_at for e in self.entries.values() if e.retry_at]
+            timeout = min([next_resync, *retries]) - time.monotonic()
+            await _wait(self._wake, max(0.0, timeout))
             self._wake.clear()
-            if time.monotonic() >= next_resync:
-                next_resync = time.monotonic() + self.resync_s
+            now = time.monotonic()
+            if now >= next_resync:
+                next_resync = now + self.resync_s
                 self._dirty.update(self.objects, self.entries)
+            for key, e in self.entries.items():
+                if e.retry_at and e.retry_at <= now:
+                    e.retry_at = 0.0  # one try per backoff step, so never a hot loop
+                    self._dirty.add(key)
             while self._dirty:
                 key = self._dirty.pop()
                 try:
@@ -228,6 +258,36 @@ class KubernetesAgent:
                     if cancel_requested():
                         raise asyncio.CancelledError from e
                     log.exception("capturetask %s: reconcile failed", key)
+            if self._synced and not orphans_checked:
+                orphans_checked = True
+                try:
+                    await self._remove_orphans()
+                except Exception as e:
+                    if cancel_requested():
+                        raise asyncio.CancelledError from e
+                    log.exception("removing orphaned tasks failed")
+
+    async def _remove_orphans(self) -> None:
+        """Delete tasks of the agent's id form that no CaptureTask assigned here claims.
+
+        They were restored from the state file, and their CaptureTask was deleted or moved to
+        another node while this agent was down. Other ids (socket, Kafka) are not ours.
+        """
+        claimed = set(self._by_task)
+        claimed.update(
+            task_id_for(o["namespace"], o["name"])
+            for o in self.objects.values()
+            if o["assigned"] and not o["deleting"]
+        )
+        for info in list(self.manager.list()):
+            task_id = str(getattr(info, "id", ""))
+            if task_id in claimed or not is_agent_task_id(task_id, self.namespace):
+                continue
+            log.warning(
+                "task %s: no CaptureTask assigned to %s claims it; deleting", task_id, self.node
+            )
+            with contextlib.suppress(TaskNotFoundError):
+                await self.manager.delete(task_id)
 
     # -- reconcile one CaptureTask -------------------------------------------------------
 
@@ -239,20 +299,20 @@ class KubernetesAgent:
                 await self._stop(entry)
                 self._forget(key)
             return
+        ours = obj["assigned"] and not obj["deleting"]
         if entry is None:
-            if not obj["assigned"] or obj["deleting"]:
-                return  # never ours
-            entry = _Entry(
-                obj["namespace"], obj["name"], task_id_for(obj["namespace"], obj["name"])
-            )
+            task_id = task_id_for(obj["namespace"], obj["name"])
+            if not ours and self._info(task_id) is None:
+                return  # never ours, and nothing of it runs here (a restored task would)
+            entry = _Entry(obj["namespace"], obj["name"], task_id)
             self.entries[key] = entry
             self._by_task[entry.task_id] = key
         entry.generation = obj["generation"]
-        if entry.done and obj["assigned"] and not obj["deleting"]:
+        if entry.done and ours:
             entry.done = False  # assigned again
         if entry.done:
             return
-        if obj["deleting"] or not obj["assigned"]:
+        if not ours:
             await self._stop(entry)
             why = "CaptureTask deleted" if obj["deleting"] else "no longer assigned to this node"
             await self._set(entry, "Stopped", f"{why}; reporters flushed")
@@ -271,17 +331,31 @@ class KubernetesAgent:
         await self._run(entry, cts)
 
     async def _run(self, entry: _Entry, cts: CaptureTaskSpec) -> None:
+        assert self.client is not None
         try:
-            resolved, secret_dir = await self._secrets(entry, cts)
-            spec = cts.to_task_spec(entry.task_id, resolved)
+            resolved, secret_dir = await resolve_secrets(
+                self.client, self.secrets_dir, entry.namespace, entry.task_id, cts
+            )
         except (OtusError, ApiError) as e:
-            await self._set(entry, "Failed", _one_line(e))
+            await self._cannot_build(entry, _one_line(e), "running with the Secret as it was")
             return
-        if entry.spec == spec:
+        try:
+            spec = cts.to_task_spec(entry.task_id, resolved)
+        except OtusError as e:
+            await self._cannot_build(entry, _one_line(e), "running the previous spec")
+            return
+        entry.warning = ""
+        info = self._info(entry.task_id) if entry.spec is not None else None
+        if info is None:
+            entry.spec = None  # not started, or removed behind our back: start it
+        elif entry.spec == spec and _state(info) != "failed":
+            # Nothing to change: report what the task does (this also clears a warning).
+            entry.retry_at, entry.retry_s = 0.0, 0.0
+            await self._set(entry, _PHASES.get(_state(info), "Running"), _reason(info))
             return
         attempt = (entry.generation, spec.model_dump_json())
-        if entry.failed_key == attempt:
-            return
+        if entry.failed_key == attempt and entry.retry_at:
+            return  # its backoff has not run out
         try:
             if entry.spec is None:
                 try:
@@ -293,19 +367,43 @@ class KubernetesAgent:
         except TaskError as e:
             entry.spec = None
             entry.failed_key = attempt
+            self._retry_later(entry)
             await self._set(entry, "Failed", _one_line(e))
             return
-        entry.failed_key = None
+        entry.failed_key, entry.retry_at, entry.retry_s = None, 0.0, 0.0
         entry.spec = spec
         self._swap_secrets(entry, secret_dir)
         await self._set(entry, _PHASES.get(_state(info), "Running"), "")
 
+    async def _cannot_build(self, entry: _Entry, error: str, going_on: str) -> None:
+        """The spec cannot be built now: a running task goes on as it is; else say why."""
+        self._retry_later(entry)  # Secrets are not watched: look again soon
+        info = self._info(entry.task_id) if entry.spec is not None else None
+        if info is None or _state(info) in ("failed", "stopped"):
+            await self._set(entry, "Failed", error)
+            return
+        # A capture that runs must not be reported Failed; the message tells what is wrong.
+        entry.warning = warning = f"{error}; {going_on}"
+        await self._set(entry, _PHASES.get(_state(info), "Running"), warning)
+
+    def _retry_later(self, entry: _Entry) -> None:
+        entry.retry_s = min(max(2 * entry.retry_s, self.retry_min_s), self.retry_max_s)
+        entry.retry_at = time.monotonic() + entry.retry_s
+
+    def _info(self, task_id: str) -> Any | None:
+        try:
+            return self.manager.status(task_id)
+        except TaskNotFoundError:
+            return None
+
     async def _stop(self, entry: _Entry) -> None:
-        if entry.spec is not None:
+        # The manager may hold the task though we never started it: restored from its state.
+        if entry.spec is not None or self._info(entry.task_id) is not None:
             entry.spec = None
             await self._set(entry, "Stopping", "", report=False)
             with contextlib.suppress(TaskNotFoundError):
                 await self.manager.delete(entry.task_id)
+        entry.failed_key, entry.retry_at, entry.retry_s, entry.warning = None, 0.0, 0.0, ""
         self._swap_secrets(entry, None)
 
     def _forget(self, key: str) -> None:
@@ -313,56 +411,8 @@ class KubernetesAgent:
         if entry is not None:
             self._by_task.pop(entry.task_id, None)
 
-    # -- secrets -------------------------------------------------------------------------
-
-    async def _secrets(
-        self, entry: _Entry, cts: CaptureTaskSpec
-    ) -> tuple[dict[int, dict[str, str]], Path | None]:
-        refs = cts.secret_refs()
-        if not refs:
-            return {}, None
-        assert self.client is not None
-        values: dict[int, dict[str, bytes]] = {}
-        for i, ref in refs.items():
-            path = f"/api/v1/namespaces/{entry.namespace}/secrets/{ref.name}"
-            try:
-                secret = await self.client.get(path)
-            except ApiError as e:
-                raise SpecError(f"secret {ref.name}: {e.message or e.reason}") from None
-            data = secret.get("data") or {}
-            values[i] = {}
-            for target, key in ref.keys().items():
-                if key not in data:
-                    raise SpecError(f"secret {ref.name} has no key {key!r}")
-                try:
-                    values[i][target] = base64.b64decode(data[key], validate=True)
-                except (binascii.Error, ValueError):
-                    raise SpecError(f"secret {ref.name}: key {key!r} is not base64") from None
-        digest = hashlib.sha256(repr(sorted(values.items())).encode()).hexdigest()[:12]
-        task_dir = self.secrets_dir / entry.task_id
-        secret_dir = task_dir / digest
-        resolved: dict[int, dict[str, str]] = {}
-        await asyncio.to_thread(_private_dir, secret_dir)
-        for i, fields in values.items():
-            resolved[i] = {}
-            for target, raw in fields.items():
-                if target == "username":
-                    resolved[i][target] = raw.decode("utf-8", "replace").strip()
-                    continue
-                file = secret_dir / f"r{i}-{target}"
-                await asyncio.to_thread(_write_private, file, raw)
-                resolved[i][target] = str(file)
-        return resolved, secret_dir
-
     def _swap_secrets(self, entry: _Entry, keep: Path | None) -> None:
-        """Remove the task's secret files other than ``keep`` (the running task's)."""
-        task_dir = self.secrets_dir / entry.task_id
-        if task_dir.is_dir():
-            for d in task_dir.iterdir():
-                if d != keep:
-                    shutil.rmtree(d, ignore_errors=True)
-            if keep is None:
-                shutil.rmtree(task_dir, ignore_errors=True)
+        prune_secret_dirs(self.secrets_dir, entry.task_id, keep)
         entry.secret_dir = keep
 
     # -- status --------------------------------------------------------------------------
@@ -437,18 +487,8 @@ async def _wait(event: asyncio.Event, seconds: float) -> None:
             await event.wait()
 
 
-def _private_dir(path: Path) -> None:
-    for p in (*reversed(path.parents[:2]), path):
-        p.mkdir(mode=0o700, parents=True, exist_ok=True)
-        p.chmod(0o700)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+def _reason(info: Any) -> str:
+    return str(getattr(info, "reason", None) or "")
 
 
 def _one_line(e: BaseException) -> str:

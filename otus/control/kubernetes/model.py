@@ -19,6 +19,7 @@ the first 10 hex digits of SHA-256 of ``<namespace>/<name>``.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
@@ -63,6 +64,7 @@ __all__ = [
     "Phase",
     "SecretRef",
     "Totals",
+    "is_agent_task_id",
     "parse_capture_task",
     "task_id_for",
 ]
@@ -351,6 +353,24 @@ def task_id_for(namespace: str, name: str) -> str:
         return tid
     digest = hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:10]
     return f"{tid[:52].rstrip('._-')}-{digest}"
+
+
+_PLAIN_ID = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\.[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+_HASHED_ID = re.compile(r"([a-z0-9][-a-z0-9.]*)-[0-9a-f]{10}")
+
+
+def is_agent_task_id(task_id: str, namespace: str | None = None) -> bool:
+    """Whether ``task_id`` has the form :func:`task_id_for` gives (for ``namespace`` if set)."""
+    if len(task_id) > 63:
+        return False
+    if _PLAIN_ID.fullmatch(task_id):
+        return namespace is None or task_id.startswith(f"{namespace}.")
+    hashed = _HASHED_ID.fullmatch(task_id)
+    # A hashed id keeps 52 characters less the separators cut at its end; a short one is not ours.
+    if hashed is None or len(task_id) < 53:
+        return False
+    prefix, ns_dot = hashed.group(1), f"{namespace}."
+    return namespace is None or prefix.startswith(ns_dot) or ns_dot.startswith(prefix)
 
 
 # -- status ---------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from otus.control.kubernetes.model import (
     REPORTER_ENTRIES,
     UNRESOLVED_DIR,
     LabelSelector,
+    is_agent_task_id,
     parse_capture_task,
     task_id_for,
 )
@@ -29,6 +30,17 @@ def test_task_ids_fit_the_task_pattern() -> None:
     assert task_id_for(long_ns, long_name) == tid  # stable
     edge = task_id_for("x" * 51, "-" + "y" * 20)  # the cut lands on a '.' or '-'
     assert re.match(TASK_ID_PATTERN, edge), edge
+
+
+def test_agent_task_ids_are_told_from_others() -> None:
+    cases = [("voice", "calls"), ("voice", "a.b"), ("n" * 63, "a.b-" * 60 + "z"),
+             ("x" * 51, "-" + "y" * 20), ("voice", "c" * 70)]  # fmt: skip
+    for ns, name in cases:
+        tid = task_id_for(ns, name)
+        assert is_agent_task_id(tid) and is_agent_task_id(tid, ns), tid
+        assert not is_agent_task_id(tid, "other"), tid
+    for other in ("manual", "manual-capture", "x-0123456789", "voice.", "Voice.calls", "a" * 64):
+        assert not is_agent_task_id(other), other
 
 
 @pytest.mark.parametrize(
