@@ -259,6 +259,10 @@ def parse_addr(value: str) -> dict[str, Any]:
         uri, gt, params = rest.partition(">")
         if not gt:
             raise HeaderError("unclosed <")
+        if uri[:1] in _BLANKS or uri[-1:] in _BLANKS:
+            uri = uri.strip()  # "< sip:a@b >": blanks RFC 3261 does not allow, but seen
+        if not uri:
+            raise HeaderError("empty URI")
         d: str | None
         if '"' in display:
             d = display.strip()
@@ -289,8 +293,10 @@ def _store(value: str, display: str | None, uri: str, tag: str | None) -> dict[s
 def parse_cseq(value: str) -> tuple[int, str]:
     """``314159 INVITE`` -> ``(314159, "INVITE")`` (cached in CSEQS); ValueError if not so."""
     seq_s, method = value.split()
+    if not (seq_s.isascii() and seq_s.isdigit()):  # int() takes "+1", "1_0", other digits
+        raise HeaderError("CSeq number is not 1*DIGIT")
     seq = int(seq_s)
-    if seq < 0 or seq > 0xFFFFFFFF:
+    if seq >= 0x80000000:  # RFC 3261 §8.1.1.5: less than 2**31
         raise HeaderError("CSeq number out of range")
     t = (seq, method)
     if len(CSEQS) >= _CACHE_MAX:
@@ -358,6 +364,8 @@ def _via(value: str) -> dict[str, Any]:
         h = _via_head(head)
     branch = received = rport = None
     if semi:
+        if " " in params or "\t" in params:
+            params = ";".join(p.strip() for p in params.split(";"))  # SEMI is SWS ";" SWS
         for param in params.split(";"):
             name, _, v = param.partition("=")
             if name not in _VIA_PARAMS:
@@ -381,6 +389,7 @@ def _via(value: str) -> dict[str, Any]:
     }
 
 
+_BLANKS: Final = (" ", "\t")
 _VIA_PARAMS: Final = frozenset(("branch", "received", "rport", "maddr", "ttl", "alias", "lr"))
 _VIA_RE: Final = re.compile(r"\s*SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9.!%*_+`'~-]+)\s+(\S.*)", re.I)
 
@@ -401,6 +410,9 @@ def _via_head(head: str) -> tuple[str, str, int | None]:
         tail = hostport[close + 1 :].strip()
         if tail[:1] == ":":
             port = _port(tail[1:])
+    elif hostport.count(":") > 1:
+        # An IPv6 address without brackets (invalid, but sent): it cannot carry a port.
+        host = hostport
     else:
         host, colon, ps = hostport.partition(":")
         host = host.rstrip()

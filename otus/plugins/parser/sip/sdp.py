@@ -63,6 +63,7 @@ STATIC_PAYLOADS: Final[dict[str, str]] = {
 _pt_int: Final = {str(i): i for i in range(128)}.__getitem__
 _static_get: Final = STATIC_PAYLOADS.get
 _NEEDLES: Final = {str(i): f"a=rtpmap:{i} " for i in range(128)}
+_AGREE: Final = {pt: f"a=rtpmap:{pt} {name}\r" for pt, name in STATIC_PAYLOADS.items()}
 
 
 def parse_sdp(body: str) -> dict[str, Any]:
@@ -81,10 +82,13 @@ def parse_sdp(body: str) -> dict[str, Any]:
                 codecs = list(map(_static_get, fmts))
             except KeyError:
                 payloads, codecs, fmts = _payloads_slow(fmts)
-            if None in codecs and "a=rtpmap:" in attrs:
+            if "a=rtpmap:" in attrs:
+                # An rtpmap names the encoding, of a static type too (G729a for 18); the usual
+                # rtpmap that agrees with the static name is one substring test.
                 for i, pt in enumerate(fmts):
-                    if codecs[i] is None:
-                        codecs[i] = _rtpmap(attrs, pt)
+                    c = codecs[i]
+                    if c is None or _AGREE[pt] not in attrs:
+                        codecs[i] = _rtpmap(attrs, pt) or c
         else:
             payloads, codecs = [], []
         try:
