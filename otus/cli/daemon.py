@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from typing import Any
 
 __all__ = ["register"]
@@ -31,6 +32,10 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `otus daemon`."""
+    # A SIGHUP's default action ends the process, and the daemon's reload handler only comes
+    # once imports, config and socket are done (~1 s): systemd may send a reload right after
+    # the start. Ignored until then; the daemon installs its handler when it can reload.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from otus.daemon.config import config_path, load_config  # noqa: PLC0415 - keep the CLI fast
     from otus.daemon.daemon import Daemon  # noqa: PLC0415
 

@@ -208,6 +208,9 @@ class Daemon:
             self._tg = None
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            # Removing the handler restores SIGHUP's default (exit): a reload sent while the
+            # daemon finishes its shutdown must not cut it short.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     async def _restore(self) -> None:
         try:

@@ -87,6 +87,7 @@ class TaskEntry:
         "kill_at",
         "lock",
         "managed_stop",
+        "pending",
         "pending_reason",
         "reason",
         "runner",
@@ -106,6 +107,7 @@ class TaskEntry:
         self.stopped_at: float | None = None
         self.runner: TaskRunner | None = None
         self.desired = True  # should run after a restart
+        self.pending = False  # being created: not in the state file until its start succeeds
         self.managed_stop = False  # delete/update/shutdown is stopping it and settles it
         self.pending_reason: str | None = None  # failure noted while the workers stop
         self.kill_at: float | None = None  # monotonic deadline of a failure-triggered stop

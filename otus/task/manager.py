@@ -21,15 +21,18 @@ limits; ``kill_all()`` is the last resort of a shutdown that ran out of time.
 
 Rules:
 
-- ``max_tasks`` bounds the tasks not yet stopped or failed; finished tasks stay listed (with
-  their last counters) until deleted, at most ``MAX_FINISHED`` of them (oldest forgotten first).
+- ``max_tasks`` bounds the tasks not yet stopped or failed (updating a finished task starts
+  it: refused like a create when full); finished tasks stay listed (with their last counters)
+  until deleted, at most ``MAX_FINISHED`` of them (oldest forgotten first).
 - Workers are always separate processes here (``TaskRunner(inline=False)``): a CPU-bound
   pipeline must never run on the daemon's loop.
 - A task whose worker dies, or whose workers' summed RSS exceeds ``memory_limit_mb``, is
   stopped and ends ``failed`` with the reason.
 - Persistence: see :mod:`otus.task.state`. A task that stopped by itself (end of a capture
   file, a limit) or failed is not restarted by a restore; one that the daemon stopped on
-  shutdown is. A restored task starts a new incarnation: its counters start from zero.
+  shutdown is. A restored task starts a new incarnation: its counters start from zero. A task
+  whose create has not succeeded is not saved. A restore starts only what is still waiting for
+  it: a task deleted or updated meanwhile is left as the command left it.
 """
 
 from __future__ import annotations
@@ -136,6 +139,7 @@ class TaskManager:
         if self._live_count() >= self.max_tasks:
             raise TaskLimitError(f"task limit reached: {self.max_tasks} tasks running")
         t = TaskEntry(spec, time.time())
+        t.pending = True  # not saved until started: a shutdown may kill it mid-start
         self._tasks[spec.id] = t
         self._notify(t)
         async with t.lock:
@@ -153,7 +157,7 @@ class TaskManager:
                 ):
                     raise
                 raise TaskStartError(f"task {spec.id}: {e}") from None
-            t.desired = True
+            t.desired, t.pending = True, False
             self._evict_finished()
             self._save()
         log.info("task created", task=spec.id, workers=len(t.runner.workers) if t.runner else 0)
@@ -179,13 +183,15 @@ class TaskManager:
         async with t.lock:
             if self._tasks.get(spec.id) is not t:
                 raise TaskNotFoundError(f"no task {spec.id!r}")
+            if t.state in TERMINAL and self._live_count() >= self.max_tasks:
+                # a finished task brought back counts against the limit like a new one
+                raise TaskLimitError(f"task limit reached: {self.max_tasks} tasks running")
             await self._stop(t, self.stop_grace_s)
             t.spec, t.saved_stats = spec, {}
             t.desired = True
             try:
                 await self._start(t)
             except BaseException as e:
-                t.runner = None
                 t.state, t.reason = TaskState.FAILED, clip_reason(str(e) or repr(e))
                 t.stopped_at = time.time()
                 self._notify(t)
@@ -252,7 +258,12 @@ class TaskManager:
 
         async def start_one(t: TaskEntry) -> None:
             async with sem, t.lock:
-                if self._closing:
+                # While it waited, a command may have deleted it (perhaps created another of
+                # the same id) or updated it (it runs): starting it now would leave workers
+                # that nobody tracks.
+                if self._closing or self._tasks.get(t.spec.id) is not t:
+                    return
+                if t.state != TaskState.CREATED:
                     return
                 try:
                     active = (TaskState.STARTING, TaskState.RUNNING, TaskState.STOPPING)
@@ -261,7 +272,7 @@ class TaskManager:
                     await self._start(t)
                     log.info("task restored", task=t.spec.id)
                 except (TaskError, OSError) as e:
-                    t.runner = None
+                    # _start leaves no runner behind when it fails (its workers are gone)
                     t.state, t.reason = TaskState.FAILED, clip_reason(f"restore failed: {e}")
                     t.stopped_at = time.time()
                     self._notify(t)
@@ -442,6 +453,8 @@ class TaskManager:
             return
         records = []
         for t in sorted(self._tasks.values(), key=lambda t: t.created_at):
+            if t.pending:  # a create not yet answered must not come back after a restart
+                continue
             finished = not t.desired and t.state in TERMINAL
             stats: Stats = {}
             if finished:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import multiprocessing as mp
 import os
 import signal
 import sys
@@ -34,6 +35,8 @@ Message = tuple[Any, ...]
 LOG_RATE = 100.0  # log records per second a worker forwards; more are counted, not sent
 LOG_BURST = 200
 _PR_SET_PDEATHSIG = 1
+_PARENT_POLL_S = 0.5
+_ORPHAN_GRACE_S = 3.0  # for reporters to flush after the parent died, when the loop can run
 _STD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
@@ -112,12 +115,31 @@ def _setup_logging(conn: Connection, level: Any, lock: threading.Lock) -> None:
 
 
 def _die_with_parent() -> None:
-    """Get SIGTERM when the parent dies (even by SIGKILL), so no worker outlives its daemon."""
+    """Stop when the parent dies (even by SIGKILL), and exit soon after: no worker outlives it.
+
+    SIGTERM (PR_SET_PDEATHSIG) asks for the graceful stop, so reporters still flush what they
+    hold (a Kafka producer's queue). But that stop runs on the worker's event loop, which may be
+    stuck in a blocking write to a reader that stopped reading (console to a full FIFO): then
+    only the watcher thread ends the process, _ORPHAN_GRACE_S after it sees the parent gone. A
+    thread, not a signal handler: it runs while the main thread sits in os.write (which releases
+    the GIL), and it also covers systems where prctl is unavailable.
+    """
+    parent = mp.parent_process()
+    ppid = parent.pid if parent is not None and parent.pid else os.getppid()
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() == 1:  # the parent died before prctl: nobody will read our counters
+    if os.getppid() != ppid:  # the parent died before prctl: nobody will read our counters
         os._exit(1)
+    threading.Thread(target=_watch_parent, args=(ppid,), name="parent-watch", daemon=True).start()
+
+
+def _watch_parent(ppid: int) -> None:
+    # Reparenting (to init or a subreaper) is how a child learns that its parent is gone.
+    while os.getppid() == ppid:
+        time.sleep(_PARENT_POLL_S)
+    time.sleep(_ORPHAN_GRACE_S)  # the graceful stop, if the loop can run it, exits before this
+    os._exit(1)
 
 
 async def run_worker(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import socket
+import struct
+import termios
 import threading
 import time
 from pathlib import Path
@@ -117,6 +120,39 @@ def test_crash_leaves_stale_files_and_restart_restores(daemon_factory: Any, tmp_
     d.start()  # the stale PID file and socket do not block it
     assert d.rpc("task.status", ["live"])["state"] == "running"
     d.stop()
+
+
+def test_worker_blocked_on_a_slow_reader_dies_with_the_daemon(
+    daemon_factory: Any, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "slow.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # a reader that never reads
+    worker = 0
+    try:
+        d = daemon_factory()
+        d.start()
+        info = d.rpc("task.create", looping_task("slow", fifo, rate=5000))
+        worker = info["processes"][0]["pid"]
+        # the worker's loop is stuck in write(2), deaf to the SIGTERM its daemon's death sends
+        wait_for(lambda: _stalled(reader), what="the FIFO to fill up")
+        d.kill()
+        wait_for(lambda: not pid_alive(worker), 15, "the blocked orphan worker to exit")
+    finally:
+        if worker and pid_alive(worker):  # a failure must not leave it blocked forever
+            os.kill(worker, signal.SIGKILL)
+        os.close(reader)
+
+
+def _stalled(fd: int) -> bool:
+    """The pipe holds data and nothing more comes in (a writer at 5000 records/s is blocked)."""
+
+    def queued() -> int:
+        return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0])
+
+    before = queued()
+    time.sleep(0.5)
+    return before > 0 and queued() == before
 
 
 def test_stale_pid_file_and_socket_from_elsewhere(daemon_factory: Any) -> None:

@@ -16,7 +16,9 @@ import pytest_asyncio
 
 from otus.core.errors import TaskExistsError, TaskLimitError, TaskNotFoundError, TaskStartError
 from otus.pipeline.spec import parse_task
+from otus.task import manager as manager_module
 from otus.task.manager import ShuttingDownError, TaskInfo, TaskManager, TaskState
+from otus.task.state import SavedTask, StateFile
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "sipp-uac-uas.pcap"
@@ -176,3 +178,77 @@ async def test_shutdown_then_restore(tmp_path: Path) -> None:
         "file": "stopped",
         "gone": "running",  # retried by the next restart
     }
+
+
+@pytest.mark.parametrize("max_tasks", [4, 3])
+async def test_commands_during_restore_leave_no_untracked_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_tasks: int
+) -> None:
+    # 4: the restore started the updated task a second time; 3: it failed it for the limit
+    # and dropped its runner. Either way a worker ran that nobody tracked, as did the deleted.
+    monkeypatch.setattr(manager_module, "_RESTORE_PARALLEL", 1)  # t2..t4 wait their turn
+    state = tmp_path / "state.json"
+    StateFile(state).save(
+        SavedTask(spec=spec(f"t{i}", tmp_path / f"t{i}").model_dump(mode="json"), created_at=i)
+        for i in range(1, 5)
+    )
+    m = TaskManager(max_tasks=max_tasks, state_file=state)
+    try:
+        restore = asyncio.create_task(m.restore())
+        await until(lambda: any(i.state == TaskState.STARTING for i in m.list()))
+        assert m.status("t3").state == m.status("t4").state == TaskState.CREATED
+        await m.delete("t4")
+        info = await m.update(spec("t3", tmp_path / "t3-new"))
+        assert info.state == TaskState.RUNNING
+        await restore
+        assert {i.id: i.state for i in m.list()} == dict.fromkeys(
+            ("t1", "t2", "t3"), TaskState.RUNNING
+        )
+        assert m.status("t3").spec["reporters"][0]["config"]["path"] == str(tmp_path / "t3-new")
+        tracked = {p["pid"] for i in m.list() for p in i.processes}
+        assert {p.pid for p in workers_alive()} == tracked
+        await m.shutdown(grace_s=5)
+        assert workers_alive() == []
+    finally:
+        for p in workers_alive():  # what a failure left behind must not run on
+            p.kill()
+
+
+async def test_update_of_a_finished_task_respects_the_limit(
+    manager: TaskManager, tmp_path: Path
+) -> None:
+    await manager.create(spec("done", tmp_path / "d", loop=1))
+    await until(lambda: manager.status("done").state == TaskState.STOPPED)
+    await manager.create(spec("a", tmp_path / "a"))
+    await manager.create(spec("b", tmp_path / "b"))  # max_tasks=2: full
+    with pytest.raises(TaskLimitError, match="task limit reached"):
+        await manager.update(spec("done", tmp_path / "d2"))
+    info = manager.status("done")
+    assert info.state == TaskState.STOPPED
+    assert info.spec["reporters"][0]["config"]["path"] == str(tmp_path / "d")
+    assert len(workers_alive()) == 2
+    # a live task is replaced in place: it takes no other slot
+    assert (await manager.update(spec("a", tmp_path / "a2"))).state == TaskState.RUNNING
+    await manager.delete("b")
+    assert (await manager.update(spec("done", tmp_path / "d2"))).state == TaskState.RUNNING
+
+
+async def test_create_cut_short_by_shutdown_is_not_saved(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # nobody reads: the worker's open of its reporter blocks, the start hangs
+    state = tmp_path / "state.json"
+    m = TaskManager(max_tasks=2, state_file=state)
+    await m.create(spec("keep", tmp_path / "keep"))
+    create = asyncio.create_task(m.create(spec("fa", fifo)))
+    await until(lambda: len(workers_alive()) == 2)
+    await m.shutdown(grace_s=0.5)  # fa's start holds its lock: its workers are killed
+    saved = json.loads(state.read_text())["tasks"]
+    assert [t["spec"]["id"] for t in saved] == ["keep"]
+    with pytest.raises(TaskStartError, match="SIGKILL"):
+        await create
+    assert [t["spec"]["id"] for t in json.loads(state.read_text())["tasks"]] == ["keep"]
+
+    m2 = TaskManager(max_tasks=2, state_file=state)
+    assert [i.id for i in await m2.restore()] == ["keep"]
+    await m2.shutdown(grace_s=5)
+    assert workers_alive() == []
