@@ -4,29 +4,17 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.infra.cli import run_otus
+
 NOWHERE = "/nonexistent/otus.sock"
 
 
 def otus(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OTUS_CONFIG=os.devnull)
-    for name in ("OTUS_SOCKET", "OTUS_KAFKA_BROKERS"):
-        env.pop(name, None)
-    return subprocess.run(
-        [sys.executable, "-m", "otus", *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        env=env,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
+    return run_otus(*args, env={"OTUS_CONFIG": os.devnull}, stdin=stdin)
 
 
 def last_line(r: subprocess.CompletedProcess[str]) -> str:

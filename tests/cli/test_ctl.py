@@ -3,33 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.infra.daemon import ROOT, looping_task, pid_alive
+from tests.infra.cli import run_otus
+from tests.infra.daemon import looping_task, pid_alive
 
 pytestmark = pytest.mark.slow
 
 
 def otus(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
-    full.pop("OTUS_SOCKET", None) if env is None or "OTUS_SOCKET" not in env else None
-    return subprocess.run(
-        [sys.executable, "-m", "otus", *args],
-        capture_output=True,
-        text=True,
-        env=full,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
+    return run_otus(*args, env=env)
 
 
 def test_control_commands(daemon_factory: Any, tmp_path: Path) -> None:

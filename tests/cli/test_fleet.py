@@ -15,6 +15,7 @@ import pytest
 
 from otus.control.base import KafkaSettings
 from otus.control.fleet_client import FleetClient
+from tests.infra.cli import run_otus
 from tests.infra.daemon import ROOT, DaemonProc, looping_task, wait_for
 from tests.infra.fleet import fleet_settings, rewind_group
 from tests.infra.kafka import KafkaBroker, free_port
@@ -200,15 +201,7 @@ def test_unreachable_broker_exits_3() -> None:
     proc = fleet(settings, "agents", "--timeout", "3", brokers=f"127.0.0.1:{port}")
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "no Kafka broker answered" in proc.stderr and "Traceback" not in proc.stderr
-    proc = subprocess.run(
-        [sys.executable, "-m", "otus", "fleet", "agents"],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=str(ROOT), OTUS_CONFIG=os.devnull),
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
+    proc = run_otus("fleet", "agents", env={"OTUS_CONFIG": os.devnull}, timeout=60)
     assert proc.returncode == 2 and "no Kafka brokers" in proc.stderr
 
 

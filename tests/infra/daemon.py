@@ -17,10 +17,10 @@ import pytest
 import yaml
 
 from otus.control.uds_client import UdsClient
+from tests.infra.cli import ROOT, run_otus
 
 __all__ = ["DaemonProc", "children_of", "daemon_factory", "looping_task", "pid_alive", "wait_for"]
 
-ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "sipp-uac-uas.pcap"
 START_TIMEOUT_S = 90.0  # a loaded 2-core CI machine imports slowly
 
@@ -182,18 +182,7 @@ class DaemonProc:
 
     def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run ``otus ARGS --socket SOCK``."""
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        env.pop("OTUS_SOCKET", None)
-        return subprocess.run(
-            [sys.executable, "-m", "otus", *args, "--socket", str(self.socket)],
-            capture_output=True,
-            text=True,
-            input=input,
-            env=env,
-            cwd=ROOT,
-            timeout=120,
-            check=False,
-        )
+        return run_otus(*args, "--socket", str(self.socket), stdin=input)
 
     def metrics(self) -> str:
         """One scrape of /metrics."""
