@@ -175,7 +175,6 @@ class KafkaReporter:
             return
         await self.flush()
         self._closed = True
-        self._producers.closing = True
         await self._cancel_tasks()
         await self._producers.stop_all()
         self._inflight.clear()

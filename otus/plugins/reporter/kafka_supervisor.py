@@ -49,7 +49,6 @@ class Producers:
         self.gen = 0  # the current producer's generation; batches remember theirs
         self.live: dict[int, Any] = {}  # generations not fully stopped: current and retiring
         self.connect_failed = 0
-        self.closing = False  # set before the run task is cancelled: see run()
         self.ready = asyncio.Event()
         self._reset = asyncio.Event()
 
@@ -60,10 +59,7 @@ class Producers:
         cfg = self._config
         first = backoff = cfg.retry_backoff_ms / 1000
         cap = cfg.reconnect_backoff_max_ms / 1000
-        # Not `while True`: on Python 3.11, wait_for() can swallow a cancel that arrives as the
-        # connection attempt fails (raising the connection error instead), and the loop would
-        # retry forever after close() gave up on it.
-        while not self.closing:
+        while True:
             producer = new_producer(
                 cfg,
                 self._ctx,
@@ -75,6 +71,8 @@ class Producers:
                 await asyncio.wait_for(producer.start(), cfg.request_timeout_ms / 1000)
             except (IncompatibleBrokerVersion, UnsupportedVersionError) as e:
                 await self.retire(producer, 0, STOP_S)
+                if cancel_requested():
+                    raise asyncio.CancelledError from e
                 if cfg.enable_idempotence is None and self.idempotent:
                     log.warning("kafka: broker lacks idempotent producing (%s): off", e)
                     self.idempotent = False
@@ -82,11 +80,12 @@ class Producers:
                 self.connect_failed += 1
                 log.error("kafka: broker refuses this producer: %r", e)
                 backoff = cap
-                if not self.closing:
-                    await asyncio.sleep(backoff)
+                await asyncio.sleep(backoff)
                 continue
             except Exception as e:
                 await self.retire(producer, 0, STOP_S)
+                # On Python 3.11 wait_for() can swallow the cancel of close() as the connect
+                # fails, raising the failure instead: retrying would outlive the reporter.
                 if cancel_requested():
                     raise asyncio.CancelledError from e
                 self.connect_failed += 1
@@ -95,16 +94,12 @@ class Producers:
                     log.warning(
                         "kafka: cannot reach %s (%d tries): %r", brokers, self.connect_failed, e
                     )
-                if not self.closing:
-                    await asyncio.sleep(backoff)
+                await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, cap)
                 continue
             except BaseException:
                 await force_close(producer)
                 raise
-            if self.closing:
-                await self.retire(producer, 0, STOP_S)
-                return
             backoff = first
             self.gen += 1
             gen = self.gen
