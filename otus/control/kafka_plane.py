@@ -199,8 +199,6 @@ class KafkaPlane:
                 try:
                     await self._session()
                 except Exception as e:
-                    if cancel_requested():
-                        raise asyncio.CancelledError from e
                     tries += 1
                     if tries == 1 or tries % 10 == 0:
                         log.warning("kafka command plane: no broker, or failed; retrying",
@@ -244,11 +242,17 @@ class KafkaPlane:
                      partitions=len(tps), brokers=",".join(s.brokers))  # fmt: skip
             beats = asyncio.create_task(self._heartbeats(producer), name="kafka-heartbeats")
             await self._consume(consumer, producer, tps)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, Exception) as e:
+            # Also a failure while a cancel is pending: wait_for() (Python 3.11) can swallow the
+            # cancel as a call fails; retrying would outlive the shutdown, heartbeat unsent.
+            if not isinstance(e, asyncio.CancelledError) and not cancel_requested():
+                raise
             self._stop_by()
             if self.listening:
                 await self._stopping_heartbeat(producer)
-            raise
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            raise asyncio.CancelledError from e
         finally:
             self.listening = False
             self._producer = None
