@@ -294,6 +294,7 @@ class AfpacketCapturer:
             "capture.drop.kernel": self._k_drops,
             "capture.drop.shutdown": self._unread,
             "capture.kernel_freezes": self._k_freezes,
+            "capture.snap_cut": self._ring.snap_cut,
         }
 
     async def close(self) -> None:

@@ -63,8 +63,8 @@ BLOCK_HDR = struct.Struct("=III")
 # tpacket_hdr_v1.seq_num (after block_status, num_pkts, offset_to_first_pkt, blk_len).
 BLOCK_SEQ_OFFSET = 24
 BLOCK_SEQ = struct.Struct("=Q")
-# struct tpacket3_hdr up to tp_mac: next_offset, sec, nsec, snaplen, (len), status, mac.
-FRAME_HDR = struct.Struct("=IIII4xIH")
+# struct tpacket3_hdr up to tp_mac: next_offset, sec, nsec, snaplen, len, status, mac.
+FRAME_HDR = struct.Struct("=IIIIIIH")
 # hv1.tp_vlan_tci (u32) and hv1.tp_vlan_tpid (u16) at byte 32 of tpacket3_hdr.
 FRAME_VLAN_OFFSET = 32
 FRAME_VLAN = struct.Struct("=IH")

@@ -46,7 +46,7 @@ _TAG_CACHE_MAX = 4096  # distinct (TPID, TCI) tags kept as bytes
 class Ring:
     """One socket's mmap'ed TPACKET_V3 RX ring and a cursor on the next block to read."""
 
-    __slots__ = ("_cooked", "_cur", "_tags", "block_count", "block_size", "mm")
+    __slots__ = ("_cooked", "_cur", "_tags", "block_count", "block_size", "mm", "snap_cut")
 
     def __init__(
         self,
@@ -74,6 +74,7 @@ class Ring:
         self._cur = 0
         self._cooked: dict[bytes, bytes] = {}
         self._tags: dict[int, bytes] = {}
+        self.snap_cut = 0  # frames the kernel cut to the snap length (tp_snaplen < tp_len)
 
     def ready(self) -> bool:
         """Whether the kernel has handed over the next block."""
@@ -98,8 +99,11 @@ class Ring:
         p = off + first
         last_sec = -1
         base_us = 0
+        cut = 0
         for _ in range(num):
-            nxt, sec, nsec, snap, status, mac = unpack(mm, p)
+            nxt, sec, nsec, snap, wire, status, mac = unpack(mm, p)
+            if snap != wire:
+                cut += 1
             if sec != last_sec:  # a block spans a second or two: one big-int multiply each
                 last_sec, base_us = sec, sec * 1_000_000
             a = p + mac
@@ -120,6 +124,8 @@ class Ring:
             add_ts(base_us + nsec // 1000)
             p += nxt
         self._release(off)
+        if cut:
+            self.snap_cut += cut
         return num
 
     def read_cooked(self, frames: list[bytes], stamps: list[int]) -> int:
@@ -138,8 +144,11 @@ class Ring:
         p = off + first
         last_sec = -1
         base_us = 0
+        cut = 0
         for _ in range(num):
-            nxt, sec, nsec, snap, status, mac = unpack(mm, p)
+            nxt, sec, nsec, snap, wire, status, mac = unpack(mm, p)
+            if snap != wire:
+                cut += 1
             if sec != last_sec:  # a block spans a second or two: one big-int multiply each
                 last_sec, base_us = sec, sec * 1_000_000
             s = p + FRAME_SLL_OFFSET
@@ -168,6 +177,8 @@ class Ring:
             add_ts(base_us + nsec // 1000)
             p += nxt
         self._release(off)
+        if cut:
+            self.snap_cut += cut
         return num
 
     def _tag(self, key: int) -> bytes:
