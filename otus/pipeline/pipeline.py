@@ -96,18 +96,37 @@ class Pipeline:
                 finally:
                     keeper.cancel()
         finally:
-            with contextlib.suppress(Exception):
-                await self.capturer.close()
-            for r in self.reporters:
+            async with asyncio.TaskGroup() as tg:
+                # Reporters may flush for a while (Kafka: up to flush_timeout_ms): go on
+                # publishing, so that a worker's parent tells a flush from a hang.
+                beat = tg.create_task(self._beat())
                 try:
-                    await r.close()
-                except Exception:
-                    self._reporter_errors += 1
+                    await self._close_parts()
+                finally:
+                    beat.cancel()
             self.finished = True
-            if self.on_stats is not None:
-                res = self.on_stats(self)
-                if res is not None:
-                    await res
+            await self._publish()
+
+    async def _close_parts(self) -> None:
+        """Close the capturer, then every reporter (flushing); a failing one is counted."""
+        with contextlib.suppress(Exception):
+            await self.capturer.close()
+        for r in self.reporters:
+            try:
+                await r.close()
+            except Exception:
+                self._reporter_errors += 1
+
+    async def _publish(self) -> None:
+        if self.on_stats is not None:
+            res = self.on_stats(self)
+            if res is not None:
+                await res
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(_HOUSEKEEPING_S)
+            await self._publish()
 
     async def _batch(self, raw: RawBatch) -> None:
         n = len(raw.frames)
@@ -213,10 +232,7 @@ class Pipeline:
                 expire = getattr(p, "expire", None)
                 if expire is not None:
                     expire(self._last_ts_us + int((now - self._last_seen) * 1_000_000))
-            if self.on_stats is not None:
-                res = self.on_stats(self)
-                if res is not None:
-                    await res
+            await self._publish()
 
     def stats(self) -> Stats:
         """Every stage's counters, merged into one flat dict."""

@@ -29,6 +29,10 @@ __all__ = ["TaskRunner", "WorkerState", "set_worker_log_level"]
 _START_TIMEOUT_S = 30.0
 _STOP_GRACE_S = 10.0
 _REAP_TRIES = 100  # x 50 ms: how long a worker that closed its pipe may take to exit
+# A worker reports every second, flushing included (Pipeline's housekeeping); one silent this
+# long is stopped (SIGSTOP, a debugger) or hung: its share of the capture is not being read.
+STALL_S = 30.0
+_WATCH_S = 1.0
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _SPAWN = mp.get_context("spawn")
 _worker_level: Any = None  # shared with every worker: their log threshold, changed on reload
@@ -74,6 +78,7 @@ class WorkerState:
     stats: Stats = field(default_factory=dict)
     latency: dict[str, Any] = field(default_factory=dict)
     log_dropped: int = 0
+    heard_at: float = 0.0  # monotonic time of its last message
 
 
 class TaskRunner:
@@ -98,6 +103,7 @@ class TaskRunner:
         self._done = asyncio.Event()
         self._stop_requested = False
         self.started_at = 0.0
+        self.stall_s = STALL_S
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -146,6 +152,7 @@ class TaskRunner:
             finally:
                 child.close()
             w.process = proc
+            w.heard_at = time.monotonic()
             loop.add_reader(parent.fileno(), self._on_readable, w)
         # The clock restarts whenever a worker comes up: spawned interpreters start one after
         # another on a busy or small machine (~0.6 s each on 2 cores), so 64 take longer than
@@ -164,6 +171,7 @@ class TaskRunner:
         errors = [w.error for w in self.workers if w.error]
         if errors:
             raise TaskStartError(f"task {self.spec.id}: {errors[0]}")
+        loop.call_later(_WATCH_S, self._watch)
 
     def _start_inline(self) -> None:
         w = self.workers[0]
@@ -202,6 +210,7 @@ class TaskRunner:
         except Exception as e:  # an unpicklable message must not kill the parent's loop
             w.error = w.error or f"worker {w.index}: bad message: {e!r}"
             return
+        w.heard_at = time.monotonic()
         kind = msg[0]
         if kind == "log":
             self._forward_log(w, msg[1])
@@ -269,6 +278,24 @@ class TaskRunner:
         w.done = True
         self._changed()
         self._check_done()
+
+    def _watch(self) -> None:
+        """Kill a worker that has said nothing for ``stall_s``: a failure, never a silent gap."""
+        if self.done:
+            return
+        now = time.monotonic()
+        for w in self.workers:
+            p = w.process
+            if p is None or not w.started or w.done or w.error or now - w.heard_at < self.stall_s:
+                continue
+            w.error = (
+                f"worker {w.index} (pid {p.pid}) stopped responding: nothing heard for "
+                f"{now - w.heard_at:.0f} s (stopped or hung); killed"
+            )
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()  # its pipe then closes, and _reap collects it as for any dead worker
+            self._changed()
+        asyncio.get_running_loop().call_later(_WATCH_S, self._watch)
 
     def _check_done(self) -> None:
         if all(w.done for w in self.workers):

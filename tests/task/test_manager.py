@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -17,6 +18,7 @@ import pytest_asyncio
 from otus.core.errors import TaskExistsError, TaskLimitError, TaskNotFoundError, TaskStartError
 from otus.pipeline.spec import parse_task
 from otus.task import manager as manager_module
+from otus.task import runner as runner_module
 from otus.task.manager import ShuttingDownError, TaskInfo, TaskManager, TaskState
 from otus.task.state import SavedTask, StateFile
 
@@ -133,6 +135,32 @@ async def test_dead_worker_and_memory_limit_fail_tasks(
     info = await until(lambda: (i := manager.status("fat")).state == TaskState.FAILED and i)
     assert info.reason is not None and info.reason.startswith("memory limit exceeded")
     assert workers_alive() == []
+
+
+async def test_a_stopped_worker_fails_its_task_instead_of_capturing_nothing(
+    manager: TaskManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner_module, "STALL_S", 1.5)
+    info = await manager.create(spec("frozen", tmp_path / "z", loop=1000))
+    pid = info.processes[0]["pid"]
+    os.kill(pid, signal.SIGSTOP)  # as a debugger would, or a hang: it reports nothing more
+    try:
+        info = await until(lambda: (i := manager.status("frozen")).state == TaskState.FAILED and i)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    assert info.reason is not None
+    assert info.reason.startswith(f"worker 0 (pid {pid}) stopped responding: nothing heard for")
+    assert workers_alive() == []
+
+
+async def test_a_worker_reporting_every_second_is_left_alone(
+    manager: TaskManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner_module, "STALL_S", 1.5)
+    await manager.create(spec("steady", tmp_path / "s", loop=1000))
+    await asyncio.sleep(4)
+    assert manager.status("steady").state == TaskState.RUNNING
 
 
 async def test_update_restarts_with_the_new_spec(manager: TaskManager, tmp_path: Path) -> None:
