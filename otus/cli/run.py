@@ -137,7 +137,18 @@ def check_capture(spec: Any) -> None:
 async def _run(args: argparse.Namespace) -> int:
     spec = build_spec(args)
     check_capture(spec)
-    runner = TaskRunner(spec)
+    running = failed = False
+
+    def on_change(r: TaskRunner) -> None:
+        # A worker that died or hung loses its share of the traffic: stop the others too, as
+        # the daemon does, instead of running on with a hole nobody sees.
+        nonlocal failed
+        if running and r.error and not failed and not r.inline:
+            failed = True
+            print(f"otus: {r.error}; stopping", file=sys.stderr)
+            r.request_stop()
+
+    runner = TaskRunner(spec, on_change=on_change)
     loop = asyncio.get_running_loop()
     interrupted = 0
 
@@ -159,6 +170,8 @@ async def _run(args: argparse.Namespace) -> int:
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         await runner.start()
+        running = True
+        on_change(runner)  # a worker may have failed as the last one started
         stats = await runner.wait()
     finally:
         for sig, handler in old.items():

@@ -349,3 +349,32 @@ def _is_json(line: bytes) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _children(pid: int) -> list[int]:
+    """Direct child processes of ``pid``."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def test_a_dead_worker_stops_the_run_and_says_which(tmp_path: Path) -> None:
+    """One of two workers killed: its share is lost, so otus stops the other and exits 1."""
+    with _flood_link() as (_a, b), otus_live(b, "xb0", tmp_path, workers=2) as run:
+        workers = [p for p in _children(run.proc.pid) if "spawn_main" in _cmdline(p)]
+        assert len(workers) == 2, workers
+        os.kill(workers[1], signal.SIGKILL)
+        try:
+            run.proc.wait(timeout=15)
+        finally:
+            run.stop()
+    assert run.rc == 1, run.stderr[-3000:]
+    err = run.stderr
+    assert "killed by signal SIGKILL; stopping" in err, err[-3000:]
+    assert "task failed: worker" in err
+    run.summary()  # and the counters of what was captured
+
+
+def _cmdline(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
