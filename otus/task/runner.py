@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import multiprocessing as mp
 import os
@@ -129,6 +130,9 @@ class TaskRunner:
         # this process's does (the snap_len warning depends on it).
         data = self.spec.model_dump(mode="json", exclude_unset=True)
         loop = asyncio.get_running_loop()
+        # The workers' callbacks run in a context of their own: the caller's (a control
+        # request, its client bound for logging) would tag every later event with that client.
+        quiet = contextvars.Context()
         level = _shared_level()
         n = len(self.workers)
         lock = _SPAWN.Lock() if n > 1 else None
@@ -153,7 +157,7 @@ class TaskRunner:
                 child.close()
             w.process = proc
             w.heard_at = time.monotonic()
-            loop.add_reader(parent.fileno(), self._on_readable, w)
+            quiet.run(loop.add_reader, parent.fileno(), self._on_readable, w)
         # The clock restarts whenever a worker comes up: spawned interpreters start one after
         # another on a busy or small machine (~0.6 s each on 2 cores), so 64 take longer than
         # any fixed bound fit for one, while a stuck start still ends in _START_TIMEOUT_S.
@@ -171,7 +175,7 @@ class TaskRunner:
         errors = [w.error for w in self.workers if w.error]
         if errors:
             raise TaskStartError(f"task {self.spec.id}: {errors[0]}")
-        loop.call_later(_WATCH_S, self._watch)
+        loop.call_later(_WATCH_S, self._watch, context=quiet)
 
     def _start_inline(self) -> None:
         w = self.workers[0]

@@ -352,3 +352,19 @@ def test_optional_planes_never_take_the_daemon_down(daemon_factory: Any, tmp_pat
     d.rpc("task.create", looping_task("still", tmp_path / "s.jsonl"))
     took = d.stop()
     assert d.proc.returncode == 0 and took < 15.0
+
+
+def test_later_task_events_are_not_tagged_with_the_client_that_created_it(
+    daemon_factory: Any, tmp_path: Path
+) -> None:
+    """The creating client's peer_pid belongs to its request, not to the task's whole life."""
+    d = daemon_factory()
+    d.start()
+    info = d.rpc("task.create", looping_task("tagged", tmp_path / "t.jsonl"))
+    os.kill(info["processes"][0]["pid"], signal.SIGKILL)
+    wait_for(lambda: d.rpc("task.status", ["tagged"])["state"] == "failed", what="the failure")
+    records = d.log_records()
+    created = next(r for r in records if r["event"] == "task created")
+    failed = next(r for r in records if r["event"] == "task failed; stopping it")
+    assert created["peer_pid"] == os.getpid()  # the request itself is attributed
+    assert "peer_pid" not in failed, failed
