@@ -10,11 +10,16 @@ import sys
 
 # "live" needs root (network namespaces, AF_PACKET), tcpreplay and tcpdump.
 # "kafka" starts the test suite's broker (Java; Maven or the cached jars).
-CASES = {"offline": "bench.offline", "live": "bench.afpacket", "kafka": "bench.kafka_reporter"}
+CASES = {
+    "offline": "bench.offline",
+    "scaling": "bench.scaling",
+    "live": "bench.afpacket",
+    "kafka": "bench.kafka_reporter",
+}
 
 
 def _default_cases() -> list[str]:
-    names = ["offline"]
+    names = ["offline", "scaling"]
     if os.geteuid() == 0:
         names.append("live")
     if shutil.which("java"):
