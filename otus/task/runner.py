@@ -287,6 +287,10 @@ class TaskRunner:
         """Kill a worker that has said nothing for ``stall_s``: a failure, never a silent gap."""
         if self.done:
             return
+        # Both loops (asyncio, uvloop) read ready pipes before running a late timer, so a
+        # parent that was itself stopped sees its workers' waiting messages first.
+        loop = asyncio.get_running_loop()
+        loop.call_later(_WATCH_S, self._watch)
         now = time.monotonic()
         for w in self.workers:
             p = w.process
@@ -299,7 +303,6 @@ class TaskRunner:
             with contextlib.suppress(ProcessLookupError):
                 p.kill()  # its pipe then closes, and _reap collects it as for any dead worker
             self._changed()
-        asyncio.get_running_loop().call_later(_WATCH_S, self._watch)
 
     def _check_done(self) -> None:
         if all(w.done for w in self.workers):

@@ -8,12 +8,14 @@ import json
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+import uvloop
 
 from otus.core.errors import TaskExistsError, TaskLimitError, TaskNotFoundError, TaskStartError
 from otus.pipeline.spec import parse_task
@@ -161,6 +163,26 @@ async def test_a_worker_reporting_every_second_is_left_alone(
     await manager.create(spec("steady", tmp_path / "s", loop=1000))
     await asyncio.sleep(4)
     assert manager.status("steady").state == TaskState.RUNNING
+
+
+def test_a_parent_stalled_itself_does_not_kill_its_workers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon stopped (SIGSTOP, a frozen VM) finds its workers' news unread, not missing."""
+    monkeypatch.setattr(runner_module, "STALL_S", 1.5)
+
+    async def main() -> TaskState:
+        m = TaskManager(agent_id="t", state_file=tmp_path / "state.json")
+        try:
+            await m.create(spec("patient", tmp_path / "p", loop=1000))
+            time.sleep(3)  # noqa: ASYNC251 - the point: this loop blocked, its workers not
+            await asyncio.sleep(2.5)
+            return m.status("patient").state
+        finally:
+            await m.shutdown(grace_s=5)
+
+    # uvloop, as the daemon runs: it fires due timers before reading ready pipes.
+    assert uvloop.run(main()) == TaskState.RUNNING
 
 
 async def test_update_restarts_with_the_new_spec(manager: TaskManager, tmp_path: Path) -> None:
