@@ -23,8 +23,8 @@ implementation-defined server errors (-32000 to -32099):
 -32004   TASK_START_FAILED    the task could not start (nothing of it is left)
 -32005   INVALID_SPEC         the task spec is invalid; ``data`` lists one line per problem
 -32006   INVALID_CONFIG       ``daemon.reload``: the config file is invalid (old one kept)
--32007   TOO_MANY_CLIENTS     the control socket has ``max_clients`` connections open; the
-                              new one gets this reply and is closed (retry later)
+-32007   TOO_MANY_CLIENTS     the control socket has ``max_clients`` connections open and
+                              none idle to close; the new one gets this and is closed (retry)
 =======  ===================  ====================================================
 """
 

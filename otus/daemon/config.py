@@ -29,6 +29,7 @@ import yaml
 from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
 from otus.control.base import KafkaSettings, KubernetesSettings
+from otus.control.uds_server import MAX_SOCKET_PATH
 from otus.core.errors import ConfigError
 from otus.core.model import SpecModel
 from otus.pipeline.spec import document_error, format_validation_error
@@ -85,6 +86,16 @@ class DaemonSection(SpecModel):
     @classmethod
     def _octal(cls, v: Any) -> Any:
         return int(v, 8) if isinstance(v, str) else v
+
+    @field_validator("socket_path")
+    @classmethod
+    def _fits_sun_path(cls, v: str) -> str:
+        size = len(os.fsencode(v))
+        if size > MAX_SOCKET_PATH:
+            raise ValueError(
+                f"{size} bytes: a Unix socket path has at most {MAX_SOCKET_PATH} (sun_path)"
+            )
+        return v
 
 
 class StdoutOutput(SpecModel):

@@ -90,6 +90,7 @@ def test_environment_overrides(tmp_path: Path) -> None:
         ("log: {outputs: [{type: syslog}]}\n", {}, "log.outputs.0"),
         ("metrics: {listen: nowhere}\n", {}, "metrics.listen"),
         ("limits: {max_tasks: 0}\n", {}, "limits.max_tasks"),
+        ("daemon: {socket_path: /run/" + "x" * 100 + "/s.sock}\n", {}, "at most 108 (sun_path)"),
         ("", {"OTUS_LIMITS__MAX_TAKS": "3"}, "OTUS_LIMITS__MAX_TAKS"),
         ("log: [unclosed\n", {}, "not valid YAML"),
         ("- a list\n", {}, "must be a mapping"),
