@@ -49,7 +49,9 @@ def register(sub: Any) -> None:
         "stops at once, without flushing the reporters (exit 130).",
     )
     src = p.add_mutually_exclusive_group()
-    src.add_argument("-r", "--read", metavar="FILE", help="read a pcap/pcapng file")
+    src.add_argument(
+        "-r", "--read", metavar="FILE", help="read a pcap/pcapng file (gzipped or not; - is stdin)"
+    )
     src.add_argument(
         "-i",
         "--interface",

@@ -1,39 +1,42 @@
-"""Capture from a pcap or pcapng file, keeping the recorded timestamps."""
+"""Capture from a pcap or pcapng file (gzipped or not, or a pipe), keeping its timestamps."""
 
 from __future__ import annotations
 
 import asyncio
-import math
 import struct
 from collections.abc import AsyncIterator, Iterator
-from typing import BinaryIO, Literal
+from typing import Literal
 
 from pydantic import Field
 
 from otus.core.errors import CaptureError
 from otus.core.model import SpecModel
 from otus.core.packet import RawBatch
-from otus.core.record import TS_MAX_US
 from otus.plugins.base import PluginContext
+from otus.plugins.capture.fileio import (
+    MAX_RECORD,
+    PCAP_MAGIC,
+    SNAP_CUT,
+    Corrupt,
+    Input,
+    Truncated,
+    open_capture,
+    read_more,
+)
+from otus.plugins.capture.pcapng import read_pcapng
 
 __all__ = ["PcapConfig", "PcapFileCapturer", "TruncatedFile", "read_batches"]
-
-_PCAP_MAGIC = {
-    b"\xd4\xc3\xb2\xa1": ("<", 1),  # little-endian, microseconds
-    b"\xa1\xb2\xc3\xd4": (">", 1),
-    b"\x4d\x3c\xb2\xa1": ("<", 1000),  # little-endian, nanoseconds
-    b"\xa1\xb2\x3c\x4d": (">", 1000),
-}
-_PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
-_CHUNK = 1 << 20
-_MAX_RECORD = 1 << 24  # a record larger than 16 MiB means a corrupt file, not a frame
 
 
 class PcapConfig(SpecModel):
     """Read a capture file (pcap or pcapng) from start to end."""
 
     type: Literal["pcap"] = "pcap"
-    path: str = Field(min_length=1, max_length=4096, description="Path of the capture file.")
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="Path of the capture file (pcap or pcapng, may be gzipped); - is stdin.",
+    )
     batch_size: int = Field(default=256, ge=1, le=8192, description="Frames per batch.")
     loop: int = Field(
         default=1,
@@ -49,197 +52,92 @@ class PcapConfig(SpecModel):
     )
 
 
-class _Corrupt(Exception):
-    """The file breaks at a byte offset: what is there cannot be a record."""
-
-    def __init__(self, off: int, what: str) -> None:
-        super().__init__(f"at byte {off}: {what}")
-
-
-class _Truncated(_Corrupt):
-    """The file ends in the middle of a record: a capture cut while being written."""
-
-
 class TruncatedFile(CaptureError):
     """The capture file ends in the middle of a record; the records before it were read."""
 
 
-def _read_pcap(f: BinaryIO, head: bytes, batch_size: int) -> Iterator[RawBatch]:
-    endian, ts_div = _PCAP_MAGIC[head[:4]]
-    rest = f.read(20)
-    if len(rest) < 20:
-        raise _Truncated(4 + len(rest), "the file ends inside the pcap header")
-    (linktype,) = struct.unpack(endian + "I", rest[16:20])
-    linktype &= 0x0FFFFFFF  # upper bits carry FCS info
+def _lengths_swapped(major: int, minor: int) -> int:
+    """0: incl_len then orig_len; 1: either order (2.3); 2: the other way round, as libpcap."""
+    # Versions before 2.3 (and DG/UX's 543.0) wrote orig_len first; some 2.3 writers did too.
+    if (major == 2 and minor < 3) or major == 543:
+        return 2
+    return 1 if (major, minor) == (2, 3) else 0
+
+
+def _read_pcap(inp: Input, batch_size: int, counts: dict[str, int]) -> Iterator[RawBatch]:
+    endian, ts_div = PCAP_MAGIC[inp.head]
+    buf = read_more(inp, 4, 20)
+    if len(buf) < 20:
+        raise Truncated(4 + len(buf), "the file ends inside the pcap header")
+    major, minor, _zone, _sigfigs, _snaplen, linktype = struct.unpack_from(endian + "HHiIII", buf)
+    if major < 2:  # neither libpcap nor tshark reads these
+        raise Corrupt(4, f"pcap version {major}.{minor} is not supported")
+    swap = _lengths_swapped(major, minor)
+    linktype &= 0x03FFFFFF  # the upper bits say whether frames end in an FCS, and its length
     unpack_from = struct.Struct(endian + "IIII").unpack_from
-    buf = b""
-    base = 24  # file offset of buf[0], for error messages
-    off = 0
+    stream = inp.stream
+    base = 4  # file offset of buf[0], for error messages
+    off = 20
     batch = RawBatch(linktype)
     frames, stamps = batch.frames, batch.ts_us
-    while True:
-        chunk = f.read(_CHUNK)
-        if chunk:
-            base += off
-            buf = buf[off:] + chunk
-            off = 0
-        end = len(buf)
-        while off + 16 <= end:
-            sec, frac, incl, _orig = unpack_from(buf, off)
-            if incl > _MAX_RECORD:
-                if frames:
-                    yield batch  # what came before is good
-                raise _Corrupt(base + off, f"record of {incl} bytes")
-            start = off + 16
-            if start + incl > end:
-                break
-            frames.append(buf[start : start + incl])
-            stamps.append(sec * 1_000_000 + frac // ts_div)
-            off = start + incl
-            if len(frames) >= batch_size:
+    err: Corrupt | None = None
+    try:
+        while True:
+            end = len(buf)
+            while off + 16 <= end:
+                sec, frac, incl, orig = unpack_from(buf, off)
+                if swap and (swap == 2 or incl > orig):
+                    incl, orig = orig, incl
+                if incl > MAX_RECORD:
+                    raise Corrupt(base + off, f"record of {incl} bytes")
+                start = off + 16
+                if start + incl > end:
+                    need = start + incl - end
+                    break
+                if incl < orig:
+                    counts[SNAP_CUT] = counts.get(SNAP_CUT, 0) + 1
+                frames.append(buf[start : start + incl])
+                stamps.append(sec * 1_000_000 + frac // ts_div)
+                off = start + incl
+                if len(frames) >= batch_size:
+                    yield batch
+                    batch = RawBatch(linktype)
+                    frames, stamps = batch.frames, batch.ts_us
+            else:
+                need = off + 16 - end
+            if stream and frames:  # the next read may wait for the writer: hand these over now
                 yield batch
                 batch = RawBatch(linktype)
                 frames, stamps = batch.frames, batch.ts_us
-        if not chunk:
-            break
-    if frames:
-        yield batch
-    if off < len(buf):
-        raise _Truncated(base + off, "the file ends inside a record")
-
-
-_SHB = 0x0A0D0D0A  # the same in either byte order
-# Smallest total length of each block type: 12 bytes of framing plus its fixed fields.
-_MIN_BLOCK = {_SHB: 28, 1: 20, 6: 32, 3: 16}
-_MAX_BLOCK = _MAX_RECORD + 4096  # a larger block means a corrupt length, not a cut file
-# Per byte order: block type and length, one 32-bit word, an EPB's five fixed fields.
-_STRUCTS = {
-    e: (struct.Struct(e + "II"), struct.Struct(e + "I"), struct.Struct(e + "5I")) for e in "<>"
-}
-
-
-def _read_pcapng(
-    f: BinaryIO, head: bytes, batch_size: int, counts: dict[str, int]
-) -> Iterator[RawBatch]:
-    data = head + f.read()
-    n = len(data)
-    off = 0
-    endian = "<"
-    s_head, s_u32, s_epb = _STRUCTS[endian]
-    ifaces: list[tuple[int, int, int, int]] = []  # (linktype, mul, div, offset_us) per IDB
-    batch = RawBatch(-1)
-    frames, stamps = batch.frames, batch.ts_us
-    err: _Corrupt | None = None
-    try:
-        while off < n:
-            if off + 12 > n:
-                raise _Truncated(off, "the file ends inside a block header")
-            if data[off : off + 4] == _PCAPNG_SHB:
-                bom = data[off + 8 : off + 12]
-                if bom not in (b"\x4d\x3c\x2b\x1a", b"\x1a\x2b\x3c\x4d"):
-                    raise _Corrupt(off, f"section header with byte-order magic {bom.hex()}")
-                endian = "<" if bom == b"\x4d\x3c\x2b\x1a" else ">"
-                s_head, s_u32, s_epb = _STRUCTS[endian]
-                ifaces = []
-            btype, blen = s_head.unpack_from(data, off)
-            # Each type's own minimum is checked where it is parsed: one test per packet, not two.
-            if blen < 12 or blen & 3 or blen > _MAX_BLOCK:
-                raise _Corrupt(off, _bad_length(btype, blen))
-            if off + blen > n:
-                raise _Truncated(off, f"the file ends inside a block of {blen} bytes")
-            end = off + blen - 4  # where the trailing copy of the length sits
-            (trail,) = s_u32.unpack_from(data, end)
-            if trail != blen:
-                raise _Corrupt(off, f"block length {blen} but trailing length {trail}")
-            if btype == 6 or btype == 3:  # noqa: PLR1714 - Enhanced / Simple Packet Block
-                if btype == 6:
-                    if blen < 32:
-                        raise _Corrupt(off, _bad_length(btype, blen))
-                    ifid, hi, lo, cap, _orig = s_epb.unpack_from(data, off + 8)
-                    start = off + 28
-                else:
-                    if blen < 16:
-                        raise _Corrupt(off, _bad_length(btype, blen))
-                    ifid = hi = lo = 0
-                    start = off + 12
-                    cap = min(s_u32.unpack_from(data, off + 8)[0], end - start)
-                if ifid >= len(ifaces):
-                    raise _Corrupt(off, f"packet on interface {ifid}, which no block describes")
-                if start + cap > end:
-                    raise _Corrupt(off, f"packet of {cap} bytes in a block of {blen}")
-                linktype, mul, div, shift = ifaces[ifid]
-                ts_us = ((hi << 32) | lo) * mul // div + shift
-                if ts_us > TS_MAX_US or ts_us < 0:
-                    # A bad if_tsresol or if_tsoffset: counted, and kept at the nearest bound.
-                    counts["capture.bad_timestamp"] = counts.get("capture.bad_timestamp", 0) + 1
-                    ts_us = TS_MAX_US if ts_us > 0 else 0
-                if batch.linktype != linktype or len(frames) >= batch_size:
-                    if frames:
-                        yield batch
-                    batch = RawBatch(linktype)
-                    frames, stamps = batch.frames, batch.ts_us
-                frames.append(data[start : start + cap])
-                stamps.append(ts_us)
-            elif btype == 1:  # Interface Description Block
-                if blen < 20:
-                    raise _Corrupt(off, _bad_length(btype, blen))
-                (linktype,) = struct.unpack_from(endian + "H", data, off + 8)
-                ifaces.append((linktype, *_if_clock(data, off + 16, end, endian)))
-            elif btype == _SHB and blen < 28:
-                raise _Corrupt(off, _bad_length(btype, blen))
-            off += blen
-    except _Corrupt as e:
+            chunk = read_more(inp, base + off, need)
+            if not chunk:
+                break
+            base += off
+            buf = buf[off:] + chunk
+            off = 0
+    except Corrupt as e:
         err = e
-    except struct.error as e:  # a field past its block: corruption the checks above missed
-        err = _Corrupt(off, str(e))
     if frames:
-        yield batch  # the packets before a cut or a break are good
+        yield batch  # the records before a cut or a break are good
     if err is not None:
         raise err
+    if off < len(buf):
+        raise Truncated(base + off, "the file ends inside a record")
 
 
-def _bad_length(btype: int, blen: int) -> str:
-    """Why a block's length is impossible."""
-    least = _MIN_BLOCK.get(btype, 12)
-    if blen < least:
-        why = f"shorter than the {least} bytes of its fixed fields"
-    elif blen % 4:
-        why = "not a multiple of 4"
-    else:
-        why = f"larger than {_MAX_BLOCK} bytes"
-    return f"block of type {btype:#x} has length {blen}: {why}"
-
-
-def _if_clock(data: bytes, off: int, end: int, endian: str) -> tuple[int, int, int]:
-    """An IDB's if_tsresol and if_tsoffset as (mul, div, shift): ticks * mul // div + shift."""
-    units = 1_000_000  # ticks per second; the default resolution is microseconds
-    offset_s = 0
-    while off + 4 <= end:
-        code, length = struct.unpack_from(endian + "HH", data, off)
-        if code == 0:
-            break
-        if off + 4 + length > end:
-            raise _Corrupt(off, f"interface option {code} of {length} bytes overruns its block")
-        if code == 9 and length >= 1:
-            v = data[off + 4]
-            units = (2 if v & 0x80 else 10) ** (v & 0x7F)
-        elif code == 14 and length >= 8:
-            (offset_s,) = struct.unpack_from(endian + "q", data, off + 4)
-        off += 4 + ((length + 3) & ~3)
-    g = math.gcd(units, 1_000_000)
-    return 1_000_000 // g, units // g, offset_s * 1_000_000
-
-
-def _open(path: str) -> tuple[BinaryIO, bytes]:
+def _read(inp: Input, path: str, batch_size: int, counts: dict[str, int]) -> Iterator[RawBatch]:
+    """The batches of an open capture; closes it; CaptureError (or TruncatedFile) on damage."""
     try:
-        f = open(path, "rb")  # noqa: SIM115 - the caller closes it
-    except OSError as e:
-        raise CaptureError(f"cannot open capture file {path!r}: {e.strerror}") from None
-    head = f.read(4)
-    if head not in _PCAP_MAGIC and head != _PCAPNG_SHB:
-        f.close()
-        raise CaptureError(f"{path!r} is not a pcap or pcapng file")
-    return f, head
+        if inp.head in PCAP_MAGIC:
+            yield from _read_pcap(inp, batch_size, counts)
+        else:
+            yield from read_pcapng(inp, batch_size, counts)
+    except Truncated as e:
+        raise TruncatedFile(f"{path!r} is truncated {e}") from None
+    except Corrupt as e:
+        raise CaptureError(f"{path!r} is corrupt {e}") from None
+    finally:
+        inp.close()
 
 
 def read_batches(
@@ -248,20 +146,10 @@ def read_batches(
     """Read a pcap or pcapng file as batches; raise CaptureError on a missing or corrupt file.
 
     A file that ends inside a record raises :class:`TruncatedFile` after its complete records;
-    ``counts`` collects ``capture.bad_timestamp`` (pcapng timestamps outside 1970-9999, clamped).
+    ``counts`` collects ``capture.bad_timestamp`` (pcapng timestamps outside 1970-9999, clamped)
+    and ``capture.snap_cut`` (frames captured shorter than their length on the wire).
     """
-    f, head = _open(path)
-    try:
-        if head in _PCAP_MAGIC:
-            yield from _read_pcap(f, head, batch_size)
-        else:
-            yield from _read_pcapng(f, head, batch_size, {} if counts is None else counts)
-    except _Truncated as e:
-        raise TruncatedFile(f"{path!r} is truncated {e}") from None
-    except _Corrupt as e:
-        raise CaptureError(f"{path!r} is corrupt {e}") from None
-    finally:
-        f.close()
+    yield from _read(open_capture(path), path, batch_size, {} if counts is None else counts)
 
 
 class PcapFileCapturer:
@@ -271,12 +159,16 @@ class PcapFileCapturer:
 
     def __init__(self, config: PcapConfig, ctx: PluginContext) -> None:
         self._config = config
-        _open(config.path)[0].close()  # fail at start, not at the first batch
+        # Opened once, now: errors show at start, and a pipe's first bytes are not lost.
+        self._input: Input | None = open_capture(config.path)
+        if self._input.stream and config.loop != 1:
+            self._input.close()
+            raise CaptureError(f"{config.path!r} is read once (a pipe or stdin): loop must be 1")
         self._closed = False
         self._packets = 0
         self._bytes = 0
         self._truncated_file = 0
-        self._counts: dict[str, int] = {"capture.bad_timestamp": 0}
+        self._counts: dict[str, int] = {"capture.bad_timestamp": 0, SNAP_CUT: 0}
 
     async def batches(self) -> AsyncIterator[RawBatch]:
         """Yield the file's frames; a cut tail is counted, a break mid-file fails after them."""
@@ -289,30 +181,36 @@ class PcapFileCapturer:
         shift = 0  # later passes are moved forward in time so timestamps keep increasing
         while not self._closed and (cfg.loop == 0 or n_pass < cfg.loop):
             first = last = None
-            it = read_batches(cfg.path, size, self._counts)
-            while not self._closed:
-                try:
-                    batch = next(it)
-                except StopIteration:
-                    break
-                except TruncatedFile:
-                    if self._packets == 0:
-                        raise
-                    self._truncated_file = 1  # a file cut while being written: keep what we have
-                    return
-                if first is None:
-                    first = batch.ts_us[0]
-                last = batch.ts_us[-1]
-                if shift:
-                    batch.ts_us[:] = [t + shift for t in batch.ts_us]
-                self._packets += len(batch.frames)
-                self._bytes += sum(map(len, batch.frames))
-                yield batch
-                if rate is not None:
-                    ahead = start + self._packets / rate - asyncio.get_running_loop().time()
-                    await asyncio.sleep(max(0.0, ahead))
-                else:
-                    await asyncio.sleep(0)  # let reporters and signal handlers run between batches
+            inp, self._input = self._input or open_capture(cfg.path), None
+            it = _read(inp, cfg.path, size, self._counts)
+            try:
+                while not self._closed:
+                    try:
+                        batch = next(it)
+                    except StopIteration:
+                        break
+                    except TruncatedFile:
+                        if self._packets == 0:
+                            raise
+                        # A file cut while being written: keep what we have, on every pass.
+                        self._truncated_file = 1
+                        break
+                    if first is None:
+                        first = batch.ts_us[0]
+                    last = batch.ts_us[-1]
+                    if shift:
+                        batch.ts_us[:] = [t + shift for t in batch.ts_us]
+                    self._packets += len(batch.frames)
+                    self._bytes += sum(map(len, batch.frames))
+                    yield batch
+                    if rate is not None:
+                        ahead = start + self._packets / rate - asyncio.get_running_loop().time()
+                        await asyncio.sleep(max(0.0, ahead))
+                    else:
+                        # Let reporters and signal handlers run between batches.
+                        await asyncio.sleep(0)
+            finally:
+                inp.close()  # also when _read never started (closed before the first batch)
             if first is None:
                 return  # an empty file: nothing to repeat
             n_pass += 1
@@ -321,6 +219,8 @@ class PcapFileCapturer:
     async def close(self) -> None:
         """Stop after the current batch."""
         self._closed = True
+        if self._input is not None:  # opened, never read
+            self._input.close()
 
     def stats(self) -> dict[str, int]:
         """``capture.*`` counters."""
