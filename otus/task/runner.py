@@ -375,7 +375,11 @@ class TaskRunner:
         return None
 
     def stats(self) -> Stats:
-        """Counters summed over workers (latest snapshot of each)."""
+        """Counters summed over workers (latest snapshot of each; inline: read now)."""
+        if self._pipeline is not None:
+            # Read live: a signal handler asking while the loop is blocked (a quiet pipe, a
+            # full stdout) would get the snapshot of the last second the loop ran.
+            return self._pipeline.stats()
         return merge(w.stats for w in self.workers)
 
     def per_worker(self) -> list[Stats]:

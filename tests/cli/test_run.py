@@ -112,6 +112,38 @@ def test_second_signal_stops_at_once_even_when_stdout_is_stuck() -> None:
     assert err.splitlines()[-1] == "otus: SIGINT again: stopped without flushing the reporters"
 
 
+def test_second_signal_on_a_quiet_pipe_counts_what_was_reported() -> None:
+    """`-r -` waiting on a writer that went quiet: the summary still counts the records out."""
+    head = EXAMPLE.read_bytes()[:2000]  # the pcap header and a few whole records
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "otus", "run", "-r", "-", "--format", "json"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(head)
+        proc.stdin.flush()
+        first = proc.stdout.readline()  # records are out: otus now waits for more bytes
+        assert first.startswith(b"{")
+        time.sleep(1.5)  # past the once-a-second publish: so neither may hide a stale count
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+        out = proc.stdout.read()  # with what readline() buffered
+        assert proc.stderr is not None
+        text = proc.stderr.read().decode()
+    finally:
+        proc.kill()
+        proc.wait()
+    records = 1 + len(out.splitlines())
+    assert proc.returncode == EXIT_INTERRUPTED
+    assert text.splitlines()[-1] == "otus: SIGTERM again: stopped without flushing the reporters"
+    assert f" reported={records} " in text, text
+
+
 def _pipe_fill(fd: int) -> int:
     """Bytes waiting in a pipe (FIONREAD)."""
     buf = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
