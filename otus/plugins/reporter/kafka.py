@@ -10,7 +10,8 @@ Every record handed to :meth:`KafkaReporter.report` ends in exactly one bucket::
 - ``report.drop.backpressure``    the buffer stayed full for ``block_ms``: the newest records (the
                                   tail of the batch that did not fit) are dropped, never older ones
 - ``report.drop.kafka_failed``    a non-retriable error, or still failing after ``retries`` resends
-- ``report.drop.kafka_too_large`` one record larger than ``max_request_size``
+- ``report.drop.kafka_too_large`` one record larger than ``max_request_size``, or refused as too
+                                  large by the broker (a refused batch of several is split)
 - ``report.drop.kafka_closed``    undelivered when ``close()`` gave up after ``flush_timeout_ms``,
                                   or handed to ``report()`` after ``close()``
 - ``report.buffered`` (gauge)     accepted, not yet acknowledged: batching, queued or in flight
@@ -58,7 +59,8 @@ from otus.plugins.reporter.kafka_producer import (
     rebuild,
     records_of,
     retriable,
-    set_record_count,
+    split,
+    too_large,
 )
 from otus.plugins.reporter.kafka_supervisor import STOP_S, Producers
 
@@ -111,6 +113,8 @@ class KafkaReporter:
         self._drained.set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = self._closed = self._flushing = False
+        self._split_warned = False
+        self._full_logged = float("-inf")
 
     # -- the pipeline's side ---------------------------------------------------------------
 
@@ -152,6 +156,13 @@ class KafkaReporter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._room.wait(), remaining)
         self._drop_backpressure += n - done
+        if loop.time() >= self._full_logged + 10.0:  # an outage drops at every batch: 1 line/10 s
+            self._full_logged = loop.time()
+            log.warning(
+                "kafka: buffer full (%d records) for block_ms: %d records dropped so far "
+                "(report.drop.backpressure)",
+                *(self._buffered, self._drop_backpressure),
+            )
 
     async def flush(self) -> None:
         """Wait until everything buffered is acknowledged or dropped, at most flush_timeout_ms."""
@@ -176,7 +187,9 @@ class KafkaReporter:
         await self.flush()
         self._closed = True
         await self._cancel_tasks()
-        await self._producers.stop_all()
+        # After a flush that gave up, aiokafka's stop() would wait for the same batches again,
+        # past flush_timeout_ms: a daemon stopping the task kills it first, counters and all.
+        await self._producers.stop_all(STOP_S if self._buffered == 0 else 0.0)
         self._inflight.clear()
         if self._buffered:
             log.warning("kafka: closing with %d records undelivered", self._buffered)
@@ -264,7 +277,7 @@ class KafkaReporter:
                 lane.since = now
             # The record builder itself, positionally: aiokafka's wrapper costs as much again.
             if r.append(lane.count, ts, key, value, headers) is None:
-                self._seal(lane)
+                lane.seal()
                 lane.builder = b = new_builder()
                 lane.records = r = records_of(b)
                 lane.since = now
@@ -289,14 +302,6 @@ class KafkaReporter:
         key = cid.encode()
         kh = self._keys[cid] = (key, murmur2(key) & 0x7FFFFFFF)
         return kh
-
-    def _seal(self, lane: Lane) -> None:
-        """Close the lane's open batch and queue it for sending."""
-        lane.seq += 1
-        set_record_count(lane.builder, lane.count)
-        lane.batches.append(Batch(lane, lane.builder, lane.count, lane.seq))
-        lane.builder = lane.records = None
-        lane.count = 0
 
     def _stage(self, topic: str) -> list[tuple[bytes | None, bytes]]:
         """Hold a new topic's records until its partition count is known."""
@@ -354,17 +359,7 @@ class KafkaReporter:
         ts, now, sticky = int(time.time() * 1000), time.monotonic(), self._rr % len(lanes)
         for key, value in self._staged.pop(topic, []):
             lane = lanes[sticky if key is None else partition_for(key, len(lanes))]
-            if lane.records is None:
-                lane.builder, lane.since = self._new_builder(), now
-                lane.records = records_of(lane.builder)
-            if lane.records.append(lane.count, ts, key, value, self._headers) is not None:
-                lane.count += 1
-                continue
-            self._seal(lane)
-            lane.builder, lane.since = self._new_builder(), now
-            lane.records = records_of(lane.builder)
-            lane.records.append(0, ts, key, value, self._headers)
-            lane.count += 1
+            lane.add(self._new_builder, now, (ts, key, value, self._headers))
         self._lanes[topic] = lanes
         for lane in lanes:
             lane.wake.set()
@@ -398,7 +393,7 @@ class KafkaReporter:
                 await producers.ready.wait()
                 continue
             if not lane.batches:
-                self._seal(lane)
+                lane.seal()
             batch = lane.batches[0]
             if batch.used:
                 batch.builder, batch.used = rebuild(batch.builder, self._new_builder), False
@@ -451,6 +446,8 @@ class KafkaReporter:
     # -- outcomes --------------------------------------------------------------------------
 
     def _on_done(self, batch: Batch, token: int, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled():
+            future.exception()  # read, even when stale: else asyncio logs it as never retrieved
         if token == batch.token:
             self._settle(batch, future)
 
@@ -479,6 +476,9 @@ class KafkaReporter:
             self._drop_closed += n
             self._release(n)
             return
+        if too_large(exc):
+            self._split(batch, exc)
+            return
         if batch.attempts > self.config.retries or not retriable(exc):
             log.warning(
                 "kafka: dropping %d records for %s-%d after %d attempt(s): %r",
@@ -489,10 +489,25 @@ class KafkaReporter:
             return
         self._retried += n
         log.info("kafka: resending %d records for %s-%d: %r", n, lane.topic, lane.partition, exc)
-        i = 0
-        while i < len(lane.batches) and lane.batches[i].seq < batch.seq:
-            i += 1
-        lane.batches.insert(i, batch)
+        lane.put_back(batch)
+
+    def _split(self, batch: Batch, exc: BaseException) -> None:
+        """Resend a batch refused as too large in two halves (as Java does); drop a lone record."""
+        lane, n = batch.lane, batch.count
+        where = f"{lane.topic}-{lane.partition}"
+        if n == 1:
+            log.warning(
+                "kafka: %s refuses a record as too large (max.message.bytes): %r", where, exc
+            )
+            self._drop_too_large += 1
+            self._release(1)
+            return
+        level = logging.INFO if self._split_warned else logging.WARNING  # once per reporter
+        log.log(level, "kafka: %s refuses %d records as too large: splitting the batch", where, n)
+        self._split_warned = True
+        self._retried += n
+        for half in split(batch, self._new_builder):
+            lane.put_back(half)
 
     def _release(self, n: int) -> None:
         self._buffered -= n

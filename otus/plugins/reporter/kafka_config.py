@@ -33,7 +33,21 @@ __all__ = [
 ]
 
 _TOPIC = r"^[A-Za-z0-9._-]+$"
-TopicName = Annotated[str, StringConstraints(min_length=1, max_length=249, pattern=_TOPIC)]
+
+
+def _check_topic(name: str) -> str:
+    """Refuse the names Kafka's pattern admits but its rules forbid."""
+    if name in (".", ".."):
+        # aiokafka would log "not a valid topic name" ten times a second, forever.
+        raise ValueError(f"topic {name!r}: Kafka forbids the topic names '.' and '..'")
+    return name
+
+
+TopicName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=249, pattern=_TOPIC),
+    AfterValidator(_check_topic),
+]
 TopicPrefix = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_TOPIC)]
 _HOSTNAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _PORT = re.compile(r"^[0-9]{1,5}$")

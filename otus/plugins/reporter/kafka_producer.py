@@ -27,6 +27,8 @@ __all__ = [
     "records_of",
     "retriable",
     "set_record_count",
+    "split",
+    "too_large",
 ]
 
 # Record headers when there are none: the record builder wants a list (it only reads it).
@@ -101,6 +103,28 @@ def rebuild(old: Any, new_builder: Callable[[], Any]) -> Any:
     return builder
 
 
+def split(batch: Batch, new_builder: Callable[[], Any]) -> list[Batch]:
+    """Two batches holding the first and the second half of a sent batch's records, in order."""
+    from aiokafka.record.default_records import DefaultRecordBatch  # noqa: PLC0415
+
+    records = list(DefaultRecordBatch(bytes(batch.builder._build())))
+    half = len(records) // 2
+    out = []
+    for i, part in enumerate((records[:half], records[half:])):
+        builder = new_builder()
+        for r in part:  # a part of what fitted one batch fits one
+            builder.append(timestamp=r.timestamp, key=r.key, value=r.value, headers=r.headers)
+        out.append(Batch(batch.lane, builder, len(part), (*batch.seq, i)))
+    return out
+
+
+def too_large(exc: BaseException) -> bool:
+    """The broker refused the batch for its size (``message.max.bytes``, ``max.message.bytes``)."""
+    from aiokafka import errors as e  # noqa: PLC0415
+
+    return isinstance(exc, (e.MessageSizeTooLargeError, e.RecordListTooLargeError))
+
+
 def retriable(exc: BaseException) -> bool:
     """Whether resending can help: Kafka says so, or a fresh producer clears the error."""
     from aiokafka import errors as e  # noqa: PLC0415
@@ -133,6 +157,18 @@ async def force_close(producer: Any) -> None:
     # aiokafka has no public way to abandon undeliverable batches: its stop() waits for them.
     accumulator = getattr(producer, "_message_accumulator", None)
     if accumulator is not None:
+        pending = getattr(accumulator, "_pending_batches", None)
+        if isinstance(pending, set):
+            # aiokafka removes a batch from its pending set when the batch fails and again when
+            # a request in flight re-queues it, and a batch re-queued earlier is in none: each
+            # is a KeyError, in a callback or in the cancelled sender (a traceback on stderr).
+            accumulator._pending_batches = pending = _Pending(pending)
+            for queued in accumulator._batches.values():
+                pending.update(queued)
+            for batch in pending:
+                # Nobody awaits a batch's drain waiter (send_batch): failed, it would be logged
+                # as "never retrieved"; cancelled, failing skips it.
+                batch._drain_waiter.cancel()
         accumulator.fail_all(ProducerClosed())
     task = getattr(getattr(producer, "_sender", None), "sender_task", None)
     if task is not None and not task.done():
@@ -144,16 +180,26 @@ async def force_close(producer: Any) -> None:
     producer._closed = True
 
 
+class _Pending(set[Any]):
+    """aiokafka's set of batches in flight, tolerant of a batch removed twice (see force_close)."""
+
+    def remove(self, element: Any) -> None:
+        """Remove ``element`` if present."""
+        self.discard(element)
+
+
 class Batch:
     """A sealed batch for one partition, kept until acknowledged so it can be resent."""
 
     __slots__ = ("attempts", "builder", "count", "future", "gen", "lane", "seq", "token", "used")
 
-    def __init__(self, lane: Lane, builder: Any, count: int, seq: int) -> None:
+    def __init__(self, lane: Lane, builder: Any, count: int, seq: tuple[int, ...]) -> None:
         self.lane = lane
         self.builder = builder  # aiokafka BatchBuilder
         self.count = count
-        self.seq = seq  # order within the lane, kept when a failed batch is put back
+        # Order within the lane, kept when a failed batch is put back; a split batch's halves
+        # extend it ((7,) -> (7, 0), (7, 1)) so they sort between it and its successor.
+        self.seq = seq
         self.used = False  # submitted once: a resend needs a new builder
         self.attempts = 0
         self.token = 0  # bumped on every submit and settle: stale callbacks are ignored
@@ -190,3 +236,30 @@ class Lane:
         self.seq = 0
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+
+    def seal(self) -> None:
+        """Close the open batch and queue it for sending."""
+        self.seq += 1
+        set_record_count(self.builder, self.count)
+        self.batches.append(Batch(self, self.builder, self.count, (self.seq,)))
+        self.builder = self.records = None
+        self.count = 0
+
+    def add(self, new_builder: Callable[[], Any], now: float, record: tuple[Any, ...]) -> None:
+        """Append ``(ts, key, value, headers)``, sealing a full batch first (not the hot path)."""
+        if self.records is not None:
+            if self.records.append(self.count, *record) is not None:
+                self.count += 1
+                return
+            self.seal()  # full
+        self.builder, self.since = new_builder(), now
+        self.records = records_of(self.builder)
+        self.records.append(0, *record)  # an empty batch takes any record: none is oversized
+        self.count += 1
+
+    def put_back(self, batch: Batch) -> None:
+        """Queue a batch to be resent, in its place among the lane's batches."""
+        i = 0
+        while i < len(self.batches) and self.batches[i].seq < batch.seq:
+            i += 1
+        self.batches.insert(i, batch)

@@ -131,14 +131,14 @@ class Producers:
             await force_close(producer)
         self._end(gen)
 
-    async def stop_all(self) -> None:
-        """At close: stop every producer briefly (flush already waited), then tear them down."""
+    async def stop_all(self, limit_s: float = STOP_S) -> None:
+        """At close: stop every producer within ``limit_s`` (flush already waited), tear down."""
         self.current = None
-        await asyncio.gather(*(self._stop(g, p) for g, p in list(self.live.items())))
+        await asyncio.gather(*(self._stop(g, p, limit_s) for g, p in list(self.live.items())))
 
-    async def _stop(self, gen: int, producer: Any) -> None:
+    async def _stop(self, gen: int, producer: Any, limit_s: float) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(producer.stop(), STOP_S)
+            await asyncio.wait_for(producer.stop(), limit_s)
         await force_close(producer)  # a retiring one was cancelled mid-stop: finish the job
         self._end(gen)
 

@@ -43,3 +43,14 @@ def test_unusable_forms_are_refused(address: str, why: str) -> None:
     assert str(e.value).startswith(f"broker {address!r}: ") and why in str(e.value)
     with pytest.raises(ValueError, match=re.escape(f"broker {address!r}")):
         KafkaConfig(brokers=["ok:9092", address], topic="sip")
+
+
+@pytest.mark.parametrize("topic", [".", "..", "a/b", "a b", "x" * 250, ""])
+def test_topic_names_kafka_refuses_are_refused(topic: str) -> None:
+    with pytest.raises(ValueError, match="topic"):
+        KafkaConfig(brokers=["k1:9092"], topic=topic)
+
+
+@pytest.mark.parametrize("topic", ["...", ".a", "a..b", "x" * 249, "sip_calls-1.v2"])
+def test_topic_names_kafka_takes_are_kept(topic: str) -> None:
+    assert KafkaConfig(brokers=["k1:9092"], topic=topic).topic == topic
