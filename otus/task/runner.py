@@ -28,6 +28,8 @@ from otus.task.worker import worker_main
 __all__ = ["TaskRunner", "WorkerState", "set_worker_log_level"]
 
 _START_TIMEOUT_S = 30.0
+_HELD = "report.buffered"  # records a worker's reporters accepted and not yet delivered
+_DIED = "report.drop.worker_died"
 _STOP_GRACE_S = 10.0
 _REAP_TRIES = 100  # x 50 ms: how long a worker that closed its pipe may take to exit
 # A worker reports every second, flushing included (Pipeline's housekeeping); one silent this
@@ -80,6 +82,7 @@ class WorkerState:
     latency: dict[str, Any] = field(default_factory=dict)
     log_dropped: int = 0
     heard_at: float = 0.0  # monotonic time of its last message
+    final: bool = False  # it sent its last counters, reporters flushed
 
 
 class TaskRunner:
@@ -225,6 +228,7 @@ class TaskRunner:
             w.stats, w.latency = msg[1], msg[2]
             if kind == "final":
                 w.exitcode = 0
+                w.final = True
         elif kind == "error":
             w.error = msg[1]
         self._changed()
@@ -274,6 +278,12 @@ class TaskRunner:
             loop.call_later(0.05, self._reap, w, tries + 1)
             return
         w.exitcode = code
+        if not w.final and w.stats.get(_HELD, 0):
+            # Killed (or crashed) holding records its reporters had not delivered: lost, and
+            # counted as such rather than left in a gauge nobody reads as a loss.
+            w.stats = dict(w.stats)
+            w.stats[_DIED] = w.stats.get(_DIED, 0) + w.stats[_HELD]
+            w.stats[_HELD] = 0
         requested_stop = self._stop_requested and code == -signal.SIGTERM
         if code != 0 and w.error is None and not requested_stop:
             w.error = f"worker {w.index} exited with code {code}"

@@ -156,6 +156,34 @@ async def test_a_stopped_worker_fails_its_task_instead_of_capturing_nothing(
     assert workers_alive() == []
 
 
+async def test_records_a_killed_worker_held_are_counted_lost(
+    manager: TaskManager, tmp_path: Path
+) -> None:
+    """Kafka down: records wait in the worker; killed, they become a drop, not a stale gauge."""
+    s = spec("held", tmp_path / "h", loop=1000)
+    s = parse_task(
+        {
+            **s.model_dump(mode="json", exclude_unset=True),
+            "reporters": [{"type": "kafka", "config": {"brokers": ["127.0.0.1:1"], "topic": "t"}}],
+        }
+    )
+    info = await manager.create(s)
+    await until(lambda: manager.status("held").stats.get("report.buffered", 0) > 20)
+    os.kill(info.processes[0]["pid"], signal.SIGKILL)
+    info = await until(lambda: (i := manager.status("held")).state == TaskState.FAILED and i)
+    st = info.stats
+    assert st["report.buffered"] == 0
+    assert st["report.drop.worker_died"] > 20
+    assert st["report.kafka.records"] == (
+        st["report.kafka.sent"]
+        + sum(
+            v
+            for k, v in st.items()
+            if k.startswith("report.drop.") and k != "report.drop.reporter_error"
+        )
+    )
+
+
 async def test_a_worker_reporting_every_second_is_left_alone(
     manager: TaskManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

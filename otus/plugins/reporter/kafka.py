@@ -15,6 +15,8 @@ Every record handed to :meth:`KafkaReporter.report` ends in exactly one bucket::
 - ``report.drop.kafka_closed``    undelivered when ``close()`` gave up after ``flush_timeout_ms``,
                                   or handed to ``report()`` after ``close()``
 - ``report.buffered`` (gauge)     accepted, not yet acknowledged: batching, queued or in flight
+                                  (a worker's parent counts it as ``report.drop.worker_died`` if
+                                  the worker is killed)
 
 Health counters outside that sum: ``report.kafka.failed`` (records in failed delivery attempts,
 once per attempt), ``report.kafka.retried`` (records resent), ``report.kafka.connect_failed``.
