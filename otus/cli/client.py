@@ -13,6 +13,7 @@ is not running (no socket, or nobody listening on it).
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import time
@@ -23,6 +24,7 @@ from typing import Any
 import orjson
 
 from otus.control.uds_client import UdsClient
+from otus.core.errors import ControlError
 
 __all__ = [
     "EXIT_FAILED",
@@ -33,6 +35,7 @@ __all__ = [
     "client_parent",
     "connect",
     "print_json",
+    "reads_reply",
     "resolve_socket",
     "seconds",
     "table",
@@ -120,3 +123,19 @@ def ago(ts: float | None) -> str:
     if s < 86400:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def reads_reply(cmd: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A command whose reply has the wrong shape (another version?) fails in one line."""
+
+    @functools.wraps(cmd)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return cmd(args)
+        except (KeyError, TypeError, AttributeError, IndexError) as e:
+            raise ControlError(
+                f"the daemon sent a reply this otus cannot read ({type(e).__name__}: {e}); "
+                "is it the same version?"
+            ) from None
+
+    return run

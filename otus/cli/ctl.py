@@ -7,7 +7,15 @@ import os
 import time
 from typing import Any
 
-from otus.cli.client import EXIT_FAILED, EXIT_OK, ago, client_parent, connect, print_json
+from otus.cli.client import (
+    EXIT_FAILED,
+    EXIT_OK,
+    ago,
+    client_parent,
+    connect,
+    print_json,
+    reads_reply,
+)
 
 __all__ = ["register"]
 
@@ -16,16 +24,16 @@ def register(sub: Any) -> None:
     """Add `status`, `reload` and `stop`."""
     parent = client_parent()
     s = sub.add_parser("status", parents=[parent], help="the daemon's state")
-    s.set_defaults(func=status)
+    s.set_defaults(func=reads_reply(status))
     r = sub.add_parser("reload", parents=[parent], help="reload the daemon's config (like SIGHUP)")
-    r.set_defaults(func=reload)
+    r.set_defaults(func=reads_reply(reload))
     st = sub.add_parser(
         "stop",
         parents=[parent],
         help="shut the daemon down (tasks stop and flush; they are restored on the next start)",
     )
     st.add_argument("--no-wait", action="store_true", help="do not wait for the daemon to exit")
-    st.set_defaults(func=stop)
+    st.set_defaults(func=reads_reply(stop))
 
 
 def _alive(pid: int) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from otus.cli.client import EXIT_OK, ago, client_parent, connect, print_json, table
+from otus.cli.client import EXIT_OK, ago, client_parent, connect, print_json, reads_reply, table
 from otus.core.errors import SpecError
 from otus.core.stats import drops
 from otus.pipeline.spec import document_error, load_task, parse_task
@@ -26,21 +26,21 @@ def register(sub: Any) -> None:
     c.add_argument(
         "-f", "--file", required=True, metavar="TASK.yaml", help="task file ('-': stdin)"
     )
-    c.set_defaults(func=create)
+    c.set_defaults(func=reads_reply(create))
     u = tsub.add_parser("update", parents=[parent], help="replace a task's spec (restarts it)")
     u.add_argument(
         "-f", "--file", required=True, metavar="TASK.yaml", help="task file ('-': stdin)"
     )
-    u.set_defaults(func=update)
+    u.set_defaults(func=reads_reply(update))
     d = tsub.add_parser("delete", parents=[parent], help="stop a task (reporters flush), forget it")
     d.add_argument("id", metavar="ID")
-    d.set_defaults(func=delete)
+    d.set_defaults(func=reads_reply(delete))
     ls = tsub.add_parser("list", parents=[parent], help="list tasks")
     ls.add_argument("-q", "--quiet", action="store_true", help="task ids only")
-    ls.set_defaults(func=list_tasks)
+    ls.set_defaults(func=reads_reply(list_tasks))
     st = tsub.add_parser("status", parents=[parent], help="one task's state and counters")
     st.add_argument("id", metavar="ID")
-    st.set_defaults(func=status)
+    st.set_defaults(func=reads_reply(status))
 
 
 def _read_spec(path: str) -> dict[str, Any]:

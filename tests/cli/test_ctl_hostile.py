@@ -129,6 +129,29 @@ def test_a_misbehaving_daemon_is_one_line(
             assert time.monotonic() - t0 < 30
 
 
+@pytest.mark.parametrize(
+    ("args", "result"),
+    [
+        (["task", "list"], '{"tasks":[1]}'),
+        (["task", "list"], '{"tasks":null}'),
+        (["task", "status", "x"], '{"id":"x"}'),
+        (["status"], '{"pid":"one"}'),
+    ],
+)
+def test_a_reply_of_the_wrong_shape_is_one_line(
+    tmp_path: Path, args: list[str], result: str
+) -> None:
+    """Another version's daemon, or another program: one line that says so, no traceback."""
+    sock = tmp_path / "s.sock"
+    with fake_daemon(sock, b'{"jsonrpc":"2.0","result":%s,"id":1}\n' % result.encode()):
+        r = run_otus(*args, "--socket", str(sock), "--timeout", "5")
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    line = r.stderr.strip()
+    assert line.startswith("otus: the daemon sent a reply this otus cannot read ("), line
+    assert line.endswith("is it the same version?")
+
+
 def test_a_socket_path_that_is_not_a_socket(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     r = run_otus("task", "list", "--socket", str(tmp_path / "file"))
