@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -49,8 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fill_std_fds() -> None:
+    """Put /dev/null on fd 0, 1 or 2 if closed (``otus run >&-``); sys.stdout stays None."""
+    # Otherwise the next socket, epoll or eventfd takes the number: records meant for stdout
+    # would be written into it, and uvloop aborts (SIGABRT) when it closes an fd below 3.
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one
+    if sys.stderr is None:  # print(file=None) writes to stdout: the summary amid the records
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - lives as long as the process
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
+    _fill_std_fds()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -13,7 +13,7 @@ from typing import Any
 from otus.cli.client import seconds
 from otus.core.errors import CaptureInputError, ConfigError
 from otus.core.stats import format_summary
-from otus.pipeline.spec import load_task, parse_task
+from otus.pipeline.spec import load_task, parse_task, task_data
 from otus.plugins.capture.afpacket.config import check_ifname
 from otus.task.runner import TaskRunner
 
@@ -82,7 +82,7 @@ def build_spec(args: argparse.Namespace) -> Any:
     """Merge the task file (if any) with the command-line options into a validated spec."""
     data: dict[str, Any]
     if args.task:
-        data = load_task(args.task).model_dump(mode="json", exclude_unset=True)
+        data = task_data(load_task(args.task))
     else:
         data = {"id": "run"}
     fmt = args.format or ("text" if sys.stdout.isatty() else "json")
@@ -108,7 +108,9 @@ def build_spec(args: argparse.Namespace) -> Any:
         if args.workers is not None:
             cap["fanout_size"] = args.workers
         data["capture"] = cap
-    if not args.task:
+    if "reporters" not in data:
+        # No task, or a task that leaves its reporters to the default console: --format (and
+        # the terminal test) apply to it as to a plain `otus run -r`.
         data["reporters"] = [{"type": "console", "config": {"format": fmt}}]
     elif args.format:
         for r in data.get("reporters", []):

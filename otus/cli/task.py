@@ -12,7 +12,7 @@ import yaml
 from otus.cli.client import EXIT_OK, ago, client_parent, connect, print_json, reads_reply, table
 from otus.core.errors import SpecError
 from otus.core.stats import drops
-from otus.pipeline.spec import document_error, load_task, parse_task
+from otus.pipeline.spec import document_error, load_document, load_task, parse_task, task_data
 
 __all__ = ["register"]
 
@@ -45,15 +45,15 @@ def register(sub: Any) -> None:
 
 def _read_spec(path: str) -> dict[str, Any]:
     if path != "-":
-        return load_task(path).model_dump(mode="json", exclude_unset=True)
+        return task_data(load_task(path))
     text = sys.stdin.read()
     try:
-        data = yaml.safe_load(text)  # JSON is YAML too
+        data = load_document(text)  # JSON is YAML too
     except (ValueError, RecursionError, yaml.YAMLError) as e:
         raise SpecError(f"stdin: not valid YAML or JSON: {document_error(e)}") from None
     if isinstance(data, dict) and "task" in data and "id" not in data:
         data = data["task"]
-    return parse_task(data, "stdin").model_dump(mode="json", exclude_unset=True)
+    return task_data(parse_task(data, "stdin"))
 
 
 def _counts(t: dict[str, Any]) -> tuple[int, int, int]:

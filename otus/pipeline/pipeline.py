@@ -201,6 +201,8 @@ class Pipeline:
             self._reporter_errors += len(outs)
         else:
             self._records += len(outs)
+        if all(getattr(r, "reader_gone", False) for r in self.reporters):
+            self.stop()  # every output is closed for good (a pipe whose reader exited)
 
     async def _drain(self) -> None:
         """End of capture: parsers with a ``drain(out)`` (TCP streams) report what they hold."""

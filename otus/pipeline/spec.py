@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_core import to_jsonable_python
 
 from otus.core.errors import SpecError
 from otus.core.model import SpecModel
@@ -36,8 +37,10 @@ __all__ = [
     "TaskSpec",
     "document_error",
     "format_validation_error",
+    "load_document",
     "load_task",
     "parse_task",
+    "task_data",
 ]
 
 TASK_ID_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
@@ -168,6 +171,61 @@ class TaskSpec(SpecModel):
         return v
 
 
+def task_data(spec: TaskSpec) -> dict[str, Any]:
+    """The spec as JSON-ready data that validates back to the same task, secrets included."""
+    # model_dump(mode="json") writes a SecretStr as "**********": a task re-read from that
+    # (otus run --task, otus task create, a worker process) would log in with the stars.
+    return dict(to_jsonable_python(_reveal(spec.model_dump(exclude_unset=True))))
+
+
+def _reveal(v: Any) -> Any:
+    if isinstance(v, SecretStr):
+        return v.get_secret_value()
+    if isinstance(v, dict):
+        return {k: _reveal(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_reveal(x) for x in v]
+    return v
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key written twice in one mapping (YAML forbids it)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # PyYAML keeps the last of two equal keys: a second `processors:` would silently
+        # replace the first. Keys brought in by a `<<` merge may be overridden, as YAML says.
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                    )
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class says so
+                pass
+        return super().construct_mapping(node, deep)
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def load_document(text: str, *, json_only: bool = False) -> Any:
+    """Parse a task document (YAML, or JSON only); a key given twice is an error."""
+    if json_only:
+        return json.loads(text, object_pairs_hook=_unique_pairs)
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def format_validation_error(e: ValidationError) -> list[str]:
     """One readable line per problem: ``capture.interfaces: Field required``."""
     lines = []
@@ -211,11 +269,11 @@ def load_task(path: str | Path) -> TaskSpec:
     """Load a task from a YAML or JSON file."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not content
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(f"cannot read task file {str(p)!r}: {e}") from None
     try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        data = load_document(text, json_only=p.suffix == ".json")
     except (ValueError, RecursionError, yaml.YAMLError) as e:
         kind = "JSON" if p.suffix == ".json" else "YAML"
         raise SpecError(f"{p}: not valid {kind}: {document_error(e)}") from None

@@ -56,7 +56,7 @@ from otus.core.errors import (
 )
 from otus.core.stats import Stats
 from otus.pipeline.latency import Histogram
-from otus.pipeline.spec import TaskSpec, parse_task
+from otus.pipeline.spec import TaskSpec, parse_task, task_data
 from otus.task.info import (
     TERMINAL,
     ShuttingDownError,
@@ -461,7 +461,8 @@ class TaskManager:
                 stats = t.runner.stats() if t.runner is not None else dict(t.saved_stats)
             records.append(
                 SavedTask(
-                    spec=t.spec.model_dump(mode="json", exclude_unset=True),
+                    # With its secrets (the file is 0600): a restored task must log in again.
+                    spec=task_data(t.spec),
                     desired="stopped" if finished else "running",
                     state=t.state.value,
                     reason=t.reason,

@@ -21,7 +21,7 @@ from otus.core.stats import Stats, merge
 from otus.pipeline.builder import build_pipeline
 from otus.pipeline.latency import Histogram
 from otus.pipeline.pipeline import STAGES, Pipeline
-from otus.pipeline.spec import TaskSpec
+from otus.pipeline.spec import TaskSpec, task_data
 from otus.plugins.base import PluginContext
 from otus.task.worker import worker_main
 
@@ -131,7 +131,7 @@ class TaskRunner:
     async def _start_processes(self) -> None:
         # Only what was set: the workers' specs then tell defaults from explicit values, as
         # this process's does (the snap_len warning depends on it).
-        data = self.spec.model_dump(mode="json", exclude_unset=True)
+        data = task_data(self.spec)  # with its secrets: the workers need the real password
         loop = asyncio.get_running_loop()
         # The workers' callbacks run in a context of their own: the caller's (a control
         # request, its client bound for logging) would tag every later event with that client.

@@ -112,3 +112,38 @@ def test_unreadable_files_are_usage_errors(tmp_path: Path) -> None:
 def test_bad_run_options_are_usage_errors(argv: list[str], line: str) -> None:
     r = otus("run", *argv)
     assert r.returncode == 2 and last_line(r) == line
+
+
+def test_bad_filter_expressions_are_usage_errors(tmp_path: Path) -> None:
+    """One line naming the field, at load: 1000 nested ``not`` was a RecursionError traceback."""
+    field = "  - processors.0.filter.config.drop_if: Value error, "
+    for expr, why in (
+        ("not " * 1000 + "a", "nested more than 32 levels deep"),
+        ("sip.call_id =~ '(a+)+$'", "regular expression '(a+)+$' repeats a variable-length"),
+    ):
+        task = tmp_path / "t.yaml"
+        task.write_text(
+            "id: t\ncapture: {type: pcap, path: x}\n"
+            f'processors: [{{type: filter, config: {{drop_if: "{expr}"}}}}]\n'
+        )
+        r = otus("run", "--task", str(task))
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert "Traceback" not in r.stderr and lines[0] == f"otus: {task}: invalid task"
+        assert len(lines) == 2 and lines[1].startswith(field + why), lines
+
+
+def test_a_key_given_twice_on_stdin_is_a_usage_error() -> None:
+    r = otus(
+        "task",
+        "create",
+        "-f",
+        "-",
+        "--socket",
+        NOWHERE,
+        stdin="id: t\ncapture: {type: pcap, path: x}\nid: u\n",
+    )
+    assert r.returncode == 2
+    assert (
+        last_line(r) == "otus: stdin: not valid YAML or JSON: duplicate key 'id' (line 3, column 1)"
+    )

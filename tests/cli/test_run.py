@@ -15,6 +15,8 @@ import pytest
 
 from otus.cli.main import build_parser, main
 from otus.cli.run import EXIT_INTERRUPTED, build_spec
+from tests.infra.frames import BASE_TS, eth, ipv4, sip_message, udp
+from tools.pcapio import PcapWriter
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "sipp-uac-uas.pcap"
@@ -168,3 +170,83 @@ def test_records_an_unreachable_broker_never_took_make_the_run_fail(tmp_path: Pa
         assert "Traceback" not in p.stderr
         last = p.stderr.splitlines()[-1]
         assert last == "otus: 12 records were not delivered (report.kafka_closed=12)"
+
+
+def test_a_task_s_kafka_password_reaches_the_run(tmp_path: Path) -> None:
+    """The task went through model_dump(mode="json"): the password became '**********'."""
+    task = tmp_path / "kafka.yaml"
+    task.write_text(
+        "id: k\ncapture: {type: pcap, path: x}\nreporters:\n  - type: kafka\n    config:\n"
+        "      {brokers: ['k:9092'], topic: sip, security_protocol: SASL_PLAINTEXT,\n"
+        "       sasl_mechanism: PLAIN, username: otus, password: hunter2}\n"
+    )
+    [reporter] = _spec("--task", str(task), "-r", str(EXAMPLE)).reporters  # type: ignore[attr-defined]
+    assert reporter.config.password.get_secret_value() == "hunter2"
+
+
+def test_format_applies_to_a_task_s_default_console(tmp_path: Path) -> None:
+    """A task without ``reporters:`` printed JSON whatever --format said."""
+    task = tmp_path / "t.yaml"
+    task.write_text("id: t\ncapture: {type: pcap, path: x}\n")
+    [reporter] = _spec("--task", str(task), "--format", "text").reporters  # type: ignore[attr-defined]
+    assert (reporter.type, reporter.config.format) == ("console", "text")
+    task.write_text("id: t\ncapture: {type: pcap, path: x}\nreporters: [{type: console}]\n")
+    [reporter] = _spec("--task", str(task), "--format", "text").reporters  # type: ignore[attr-defined]
+    assert reporter.config.format == "text"
+
+
+def test_a_reader_that_goes_away_ends_the_run(tmp_path: Path) -> None:
+    """`otus run ... | head -1`: the run stops reading instead of capturing on for nobody."""
+    pcap = tmp_path / "many.pcap"
+    with PcapWriter(pcap) as w:
+        for i in range(5000):  # 1.6 MB of JSON: far more than a pipe holds
+            w.write(BASE_TS + i, eth(ipv4(udp(sip_message(i)))))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "otus", "run", "-r", str(pcap), "--format", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().startswith(b'{"ts":')
+        proc.stdout.close()  # head -1 exits
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    text = err.decode()
+    assert proc.returncode == 0 and "Traceback" not in text and "BrokenPipe" not in text
+    summary = dict(kv.split("=") for kv in text.splitlines()[-1].split()[1:])
+    assert int(summary["packets"]) < 5000  # stopped early
+    assert int(summary["report.console_failed"]) > 0
+
+
+def _run_with_closed(fd: int) -> subprocess.CompletedProcess[bytes]:
+    """`otus run -r EXAMPLE --format json` started with ``fd`` closed (``>&-``, ``2>&-``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "otus", "run", "-r", str(EXAMPLE), "--format", "json"],
+        capture_output=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        cwd=ROOT,
+        preexec_fn=lambda: os.close(fd),  # the child closes it before exec
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_closed_stdout_is_one_clear_line() -> None:
+    """uvloop took fd 1 for itself, records went into it, and closing it aborted (SIGABRT)."""
+    r = _run_with_closed(1)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.decode().splitlines() == [
+        "otus: task run: stdout is closed: records have nowhere to go"
+    ]
+
+
+def test_a_closed_stderr_leaves_stdout_to_the_records() -> None:
+    """The summary printed to a closed stderr went to stdout, amid the JSON records."""
+    r = _run_with_closed(2)
+    assert r.returncode == 0
+    lines = r.stdout.decode().splitlines()
+    assert len(lines) == 12 and all(line.startswith('{"ts":') for line in lines)

@@ -81,3 +81,28 @@ def test_records_and_reporter_errors_add_up_with_two_reporters() -> None:
     assert stats["report.records"] == 0
     stats = run([Keeping(), Keeping()])
     assert (stats["report.records"], stats["report.drop.reporter_error"]) == (12, 0)
+
+
+class Gone(Keeping):
+    """A reporter whose reader went away for good after its first batch (a closed pipe)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reader_gone = False
+
+    async def report(self, batch: list[OutputPacket]) -> None:
+        await super().report(batch)
+        self.reader_gone = True
+
+
+def test_the_run_stops_when_no_reporter_has_a_reader_left() -> None:
+    gone = Gone()
+    stats = run([gone])
+    assert stats["capture.packets"] == 4  # one batch of 4 frames, then stop
+    assert len(gone.got) == stats["report.records"] < 12
+
+
+def test_one_reporter_losing_its_reader_does_not_stop_the_others() -> None:
+    keeping = Keeping()
+    run([Gone(), keeping])
+    assert len(keeping.got) == 12

@@ -258,6 +258,38 @@ async def test_shutdown_then_restore(tmp_path: Path) -> None:
     }
 
 
+async def test_a_restored_task_keeps_its_kafka_password(tmp_path: Path) -> None:
+    """The state file keeps the secret (it is 0600); status shows it masked."""
+    state = tmp_path / "state.json"
+    kafka = {"brokers": ["127.0.0.1:1"], "topic": "t", "username": "u", "password": "s3cret"}
+    data = {
+        **spec("sasl", tmp_path / "s", loop=1000).model_dump(mode="json", exclude_unset=True),
+        "reporters": [
+            {
+                "type": "kafka",
+                "config": {
+                    **kafka,
+                    "security_protocol": "SASL_PLAINTEXT",
+                    "sasl_mechanism": "PLAIN",
+                },
+            }
+        ],
+    }
+    m = TaskManager(state_file=state)
+    info = await m.create(parse_task(data))
+    assert "s3cret" not in json.dumps(info.spec)
+    await m.shutdown(grace_s=5)
+    assert oct(state.stat().st_mode & 0o777) == oct(0o600)
+    m2 = TaskManager(state_file=state)
+    (restored,) = await m2.restore()
+    try:
+        password = m2._get("sasl").spec.reporters[0].config.password  # type: ignore[union-attr]
+        assert password is not None and password.get_secret_value() == "s3cret"
+        assert "s3cret" not in json.dumps(restored.spec)
+    finally:
+        await m2.shutdown(grace_s=5)
+
+
 @pytest.mark.parametrize("max_tasks", [4, 3])
 async def test_commands_during_restore_leave_no_untracked_worker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_tasks: int

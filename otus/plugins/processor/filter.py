@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -13,6 +14,9 @@ from otus.plugins.base import PluginContext
 from otus.plugins.processor.expr import ExprError, Predicate, compile_expr
 
 __all__ = ["FilterConfig", "FilterProcessor", "LabelsConfig", "LabelsProcessor"]
+
+# RFC 3261 §25.1 token: every method the SIP parser reports (X-CUSTOM.1 too) can be dropped.
+_METHOD = re.compile(r"[A-Za-z0-9.!%*_+`'~-]{1,32}")
 
 
 def _check_expr(v: str | None) -> str | None:
@@ -45,7 +49,7 @@ class FilterConfig(SpecModel):
     @classmethod
     def _upper(cls, v: list[str]) -> list[str]:
         for m in v:
-            if not m or len(m) > 32 or not m.isascii() or not m.replace("-", "").isalnum():
+            if not _METHOD.fullmatch(m):
                 raise ValueError(f"not a SIP method: {m!r}")
         return [m.upper() for m in v]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 from typing import Any, Literal
 
@@ -20,6 +21,21 @@ from otus.plugins.base import PluginContext
 __all__ = ["ConsoleConfig", "ConsoleReporter", "format_text"]
 
 log = logging.getLogger(__name__)
+
+# Header values come off the wire: ESC, CSI (U+009B) and friends would drive the reader's
+# terminal, newlines would forge lines, and bidi controls would reorder what the line shows.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+# orjson escapes C0 but writes C1 as UTF-8; xterm and others obey U+009B as CSI even so.
+_C1_UTF8 = re.compile(b"\xc2[\x80-\x9f]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def _escape_c1(m: re.Match[bytes]) -> bytes:
+    return b"\\u00%02x" % m.group()[1]
 
 
 class ConsoleConfig(SpecModel):
@@ -39,7 +55,7 @@ def _party(d: dict[str, Any] | None) -> str:
 
 
 def format_text(out: OutputPacket) -> str:
-    """One readable line per message."""
+    """One readable line per message; control characters are shown escaped (``\\x1b``)."""
     p = out.payload
     proto = "tcp" if out.transport == IPPROTO_TCP else "udp"
     if p.get("method"):
@@ -60,7 +76,7 @@ def format_text(out: OutputPacket) -> str:
         tags = [f"vlan={','.join(map(str, enc.vlans))}"] if enc.vlans else []
         tags += [t.type + (f":{t.id}" if t.id is not None else "") for t in enc.tunnels]
         line += " [" + " ".join(tags) + "]"
-    return line
+    return _UNSAFE.sub(_escape, line)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -90,10 +106,13 @@ class ConsoleReporter:
             self._fd = self._own
         else:
             stream = sys.stdout if config.stream == "stdout" else sys.stderr
+            if stream is None:  # Python found the descriptor closed at startup
+                raise ReporterError(f"{config.stream} is closed: records have nowhere to go")
             stream.flush()  # whatever Python buffered goes first
             self._fd = stream.fileno()
         self._written = 0
         self._failed = 0
+        self.reader_gone = False  # the pipeline stops once no reporter has anyone to write to
 
     async def report(self, batch: list[OutputPacket]) -> None:
         """Write the batch whole: one write(2) unless the reader is slower than us."""
@@ -105,6 +124,7 @@ class ConsoleReporter:
             task, agent = self._task, self._agent
             dumps, opt = orjson.dumps, orjson.OPT_APPEND_NEWLINE
             data = b"".join([dumps(to_record(o, task, agent), option=opt) for o in batch])
+            data = _C1_UTF8.sub(_escape_c1, data)  # the same JSON text, terminal-safe
         try:
             if self._lock is None:
                 _write_all(self._fd, data)
@@ -118,6 +138,9 @@ class ConsoleReporter:
             if not self._failed and not isinstance(e, BrokenPipeError):
                 log.error("console: cannot write records: %s", e)
             self._failed += len(batch)
+            # A closed pipe stays closed: `otus run -i eth0 | head -1` should end, as tcpdump
+            # does, rather than capture on for nobody. A full disk may recover.
+            self.reader_gone = isinstance(e, BrokenPipeError)
 
     async def flush(self) -> None:
         """Records are written unbuffered; make a file's data durable."""
