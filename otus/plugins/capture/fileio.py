@@ -20,6 +20,7 @@ __all__ = [
     "Truncated",
     "open_capture",
     "read_more",
+    "refill",
 ]
 
 PCAP_MAGIC = {
@@ -129,3 +130,11 @@ def read_more(inp: Input, pos: int, need: int) -> bytes:
     except (OSError, zlib.error) as e:
         raise Corrupt(pos, f"cannot read: {e}") from None
     return chunk
+
+
+def refill(inp: Input, buf: bytes, off: int, base: int, need: int) -> tuple[bytes, int] | None:
+    """``buf[off:]`` and at least ``need`` more bytes, and its file offset; None at the end."""
+    chunk = read_more(inp, base + off, need)
+    if not chunk:
+        return None
+    return buf[off:] + chunk, base + off

@@ -22,6 +22,7 @@ from otus.plugins.capture.fileio import (
     Truncated,
     open_capture,
     read_more,
+    refill,
 )
 from otus.plugins.capture.pcapng import read_pcapng
 
@@ -109,11 +110,10 @@ def _read_pcap(inp: Input, batch_size: int, counts: dict[str, int]) -> Iterator[
                 yield batch
                 batch = RawBatch(linktype)
                 frames, stamps = batch.frames, batch.ts_us
-            chunk = read_more(inp, base + off, need)
-            if not chunk:
+            more = refill(inp, buf, off, base, need)
+            if more is None:
                 break
-            base += off
-            buf = buf[off:] + chunk
+            buf, base = more
             off = 0
     except Corrupt as e:
         err = e

@@ -15,7 +15,7 @@ from otus.plugins.capture.fileio import (
     Corrupt,
     Input,
     Truncated,
-    read_more,
+    refill,
 )
 
 __all__ = ["read_pcapng"]
@@ -126,11 +126,10 @@ def read_pcapng(inp: Input, batch_size: int, counts: dict[str, int]) -> Iterator
                 yield batch
                 batch = RawBatch(batch.linktype)
                 frames, stamps = batch.frames, batch.ts_us
-            chunk = read_more(inp, base + off, need)
-            if not chunk:
+            more = refill(inp, buf, off, base, need)
+            if more is None:
                 break
-            base += off
-            buf = buf[off:] + chunk
+            buf, base = more
             off = 0
     except Corrupt as e:
         err = e
