@@ -6,13 +6,10 @@ import asyncio
 import contextlib
 import gzip
 import os
-import subprocess
-import sys
 import threading
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import pytest
 
@@ -31,34 +28,17 @@ def pcapng_bytes() -> bytes:
     return b"".join([shb(), idb(), *(epb(f.ts_us, f.data) for f in FRAMES)])
 
 
-def otus_stdin(*args: str, stdin: bytes | BinaryIO) -> subprocess.CompletedProcess[str]:
-    """`otus ARGS` reading ``stdin`` (bytes through a pipe, or an open file)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "otus", *args],
-        input=stdin if isinstance(stdin, bytes) else None,
-        stdin=None if isinstance(stdin, bytes) else stdin,
-        capture_output=True,
-        env=env,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
-    out, err = proc.stdout.decode(), proc.stderr.decode()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
 @pytest.mark.parametrize("name", ["pcap", "pcapng"])
 def test_stdin(tmp_path: Path, name: str) -> None:
     data = PCAP.read_bytes() if name == "pcap" else pcapng_bytes()
-    proc = otus_stdin("run", "-r", "-", "--format", "json", stdin=data)
+    proc = run_otus("run", "-r", "-", "--format", "json", stdin=data, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.splitlines()) == 33
     assert "packets=35 " in proc.stderr
 
 
 def test_empty_stdin_is_one_clear_line() -> None:
-    proc = otus_stdin("run", "-r", "-", stdin=b"")
+    proc = run_otus("run", "-r", "-", stdin=b"", timeout=60)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == "otus: task run: '-' is empty"
 
@@ -68,7 +48,7 @@ def test_stdin_that_is_a_terminal_is_refused() -> None:
     master, slave = os.openpty()
     try:
         with os.fdopen(os.dup(slave), "rb") as tty:
-            proc = otus_stdin("run", "-r", "-", stdin=tty)
+            proc = run_otus("run", "-r", "-", stdin=tty, timeout=60)
     finally:
         os.close(master)
         os.close(slave)
@@ -110,17 +90,7 @@ def test_process_substitution() -> None:
     try:
         os.write(w, PCAP.read_bytes())  # 15 KB: fits in the pipe
         os.close(w)
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        proc = subprocess.run(
-            [sys.executable, "-m", "otus", "run", "-r", f"/dev/fd/{r}", "--format", "json"],
-            pass_fds=(r,),
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=ROOT,
-            timeout=60,
-            check=False,
-        )
+        proc = run_otus("run", "-r", f"/dev/fd/{r}", "--format", "json", pass_fds=(r,), timeout=60)
     finally:
         os.close(r)
     assert proc.returncode == 0, proc.stderr
@@ -173,7 +143,7 @@ def test_a_pipe_or_stdin_cannot_be_replayed(tmp_path: Path) -> None:
     task = tmp_path / "t.yaml"
     task.write_text("id: t\ncapture: {type: pcap, path: '-', loop: 2}\n")
     with PCAP.open("rb") as f:  # stdin is the file itself: its offset is shared, read once too
-        proc = otus_stdin("run", "--task", str(task), stdin=f)
+        proc = run_otus("run", "--task", str(task), stdin=f, timeout=60)
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last == "otus: task t: '-' is read once (a pipe or stdin): loop must be 1"
