@@ -141,18 +141,15 @@ def check_capture(spec: Any) -> None:
 async def _run(args: argparse.Namespace) -> int:
     spec = build_spec(args)
     check_capture(spec)
-    running = failed = False
+    runner = TaskRunner(spec)
 
     def on_change(r: TaskRunner) -> None:
         # A worker that died or hung loses its share of the traffic: stop the others too, as
         # the daemon does, instead of running on with a hole nobody sees.
-        nonlocal failed
-        if running and r.error and not failed and not r.inline:
-            failed = True
+        if r.error and not r.stop_requested:
             print(f"otus: {r.error}; stopping", file=sys.stderr)
             r.request_stop()
 
-    runner = TaskRunner(spec, on_change=on_change)
     loop = asyncio.get_running_loop()
     interrupted = 0
 
@@ -174,8 +171,9 @@ async def _run(args: argparse.Namespace) -> int:
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         await runner.start()
-        running = True
-        on_change(runner)  # a worker may have failed as the last one started
+        if not runner.inline:  # once started (a failed start is its own error)
+            runner.on_change = on_change
+            on_change(runner)  # a worker may have failed as the last one started
         stats = await runner.wait()
     finally:
         for sig, handler in old.items():

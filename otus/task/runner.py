@@ -377,6 +377,11 @@ class TaskRunner:
         return self._done.is_set()
 
     @property
+    def stop_requested(self) -> bool:
+        """request_stop() (or kill()) was called."""
+        return self._stop_requested
+
+    @property
     def error(self) -> str | None:
         """The first worker failure, if any."""
         for w in self.workers:
