@@ -11,8 +11,9 @@ implementation-defined server errors (-32000 to -32099):
  code     name                 when
 =======  ===================  ====================================================
 -32700   PARSE_ERROR          not JSON (or not UTF-8)
--32600   INVALID_REQUEST      not a request object; batch empty or too long; request
-                              over the size limit (the connection is then closed)
+-32600   INVALID_REQUEST      not a request object; batch empty or too long; an integer
+                              id beyond 64 bits; request over the size limit (the
+                              connection is then closed)
 -32601   METHOD_NOT_FOUND     unknown method
 -32602   INVALID_PARAMS       params of the wrong shape (missing ``id``, ...)
 -32603   INTERNAL_ERROR       a bug; the daemon logs it with its traceback
@@ -30,6 +31,7 @@ implementation-defined server errors (-32000 to -32099):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -163,6 +165,9 @@ def parse_request(obj: Any) -> Request | dict[str, Any]:
     )
     if not valid_id:
         return error_response(None, INVALID_REQUEST, "invalid request: bad id")
+    if isinstance(req_id, int) and not _INT64_MIN <= req_id <= _INT64_MAX:
+        # orjson neither reads nor writes such an integer: its reply would carry another id.
+        return error_response(None, INVALID_REQUEST, "invalid request: id beyond 64-bit integers")
     if obj.get("jsonrpc") != "2.0":
         return error_response(req_id, INVALID_REQUEST, 'invalid request: "jsonrpc" must be "2.0"')
     method = obj.get("method")
@@ -179,6 +184,20 @@ def parse_request(obj: Any) -> Request | dict[str, Any]:
             req_id, INVALID_REQUEST, f"invalid request: unknown members {sorted(extra)}"
         )
     return Request(method, params, req_id, "id" not in obj)
+
+
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _ids_exact(payload: bytes, obj: Any) -> Any:
+    """``obj`` again, read by the json module when an id may be an integer orjson made a float."""
+    reqs = obj if isinstance(obj, list) else [obj]
+    if any(isinstance(r, dict) and isinstance(r.get("id"), float) for r in reqs):
+        try:  # rare: float ids are legal but unusual
+            return json.loads(payload)
+        except (ValueError, RecursionError):  # deeper than json reads: orjson's reading stands
+            return obj
+    return obj
 
 
 async def _one(obj: Any, call: Call, on_error: Callable[[BaseException], None] | None) -> Any:
@@ -200,7 +219,7 @@ async def handle_payload(
 ) -> bytes | None:
     """Handle one line (a request or a batch); return the response line, or None for none."""
     try:
-        obj = orjson.loads(payload)
+        obj = _ids_exact(payload, orjson.loads(payload))
     except orjson.JSONDecodeError as e:
         return encode(error_response(None, PARSE_ERROR, f"parse error: {e}"))
     if isinstance(obj, list):

@@ -77,3 +77,20 @@ def test_error_codes(exc: Exception, code: int) -> None:
     assert got == code
     if code == -32005:
         assert message == "task: invalid task" and data == ["id: bad"]
+
+
+async def test_ids_come_back_as_sent() -> None:
+    # orjson reads an integer beyond 64 bits as a float: the reply must not carry another id.
+    big = 2**64 + 1
+    r = await call(f'{{"jsonrpc":"2.0","method":"echo","params":[1],"id":{big}}}')
+    assert r["error"]["code"] == -32600 and r["id"] is None
+    assert "64-bit" in r["error"]["message"]
+    top = 2**63 - 1
+    r = await call(f'{{"jsonrpc":"2.0","method":"echo","params":[1],"id":{top}}}')
+    assert r["id"] == top and r["result"] == [1]
+    r = await call(
+        '[{"jsonrpc":"2.0","method":"echo","params":[2],"id":1.5},'
+        f'{{"jsonrpc":"2.0","method":"echo","params":[3],"id":{big}}}]'
+    )
+    assert r[0] == {"jsonrpc": "2.0", "result": [2], "id": 1.5}
+    assert r[1]["error"]["code"] == -32600
