@@ -116,7 +116,8 @@ def run(bootstrap: str, min_frames: int = MIN_FRAMES, **kafka: Any) -> tuple[Res
     null = uvloop.run(_pipeline(rounds, CountingReporter()))
     cfg = KafkaConfig(
         brokers=[bootstrap], topic=f"bench-pipeline-{uuid.uuid4().hex[:8]}",
-        buffer_max_records=100_000, block_ms=60_000, flush_timeout_ms=300_000, **kafka,
+        buffer_max_records=100_000, buffer_max_bytes=256 << 20, block_ms=60_000,
+        flush_timeout_ms=300_000, **kafka,
     )  # fmt: skip
 
     async def warm_then_run() -> Result:

@@ -38,6 +38,7 @@ GAUGES = frozenset(
         "flows.active",
         "tcp.buffered_bytes",
         "report.buffered",
+        "report.buffered_bytes",
     }
 )
 

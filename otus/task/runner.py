@@ -29,6 +29,7 @@ __all__ = ["TaskRunner", "WorkerState", "set_worker_log_level"]
 
 _START_TIMEOUT_S = 30.0
 _HELD = "report.buffered"  # records a worker's reporters accepted and not yet delivered
+_HELD_BYTES = "report.buffered_bytes"  # their bytes
 _DIED = "report.drop.worker_died"
 _STOP_GRACE_S = 10.0
 _REAP_TRIES = 100  # x 50 ms: how long a worker that closed its pipe may take to exit
@@ -284,6 +285,8 @@ class TaskRunner:
             w.stats = dict(w.stats)
             w.stats[_DIED] = w.stats.get(_DIED, 0) + w.stats[_HELD]
             w.stats[_HELD] = 0
+            if _HELD_BYTES in w.stats:
+                w.stats[_HELD_BYTES] = 0
         requested_stop = self._stop_requested and code == -signal.SIGTERM
         if code != 0 and w.error is None and not requested_stop:
             w.error = f"worker {w.index} exited with code {code}"

@@ -31,6 +31,7 @@ __all__ = [
     "KafkaBrokerError",
     "ensure_kafka_libs",
     "kafka_broker",
+    "kafka_broker_no_autocreate",
     "read_topic",
 ]
 
@@ -349,6 +350,7 @@ class KafkaBroker:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
+        proc.send_signal(signal.SIGCONT)  # paused, it would not see the SIGTERM until killed
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout)
@@ -362,6 +364,16 @@ class KafkaBroker:
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open and nothing is answered, like a hung node."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGCONT)
 
     def restart(self, timeout: float = 120.0) -> None:
         """Stop and start again on the same ports and log dir (the data survives)."""
@@ -427,15 +439,39 @@ def _recv_exact(s: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-@pytest.fixture(scope="session")
-def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    """A Kafka broker for the whole session; skips only when java (or mvn, uncached) is missing."""
+def _skip_without_java() -> None:
     missing = [t for t in ("java", "mvn") if shutil.which(t) is None]
     if "mvn" in missing and (cache_dir() / "kafka" / KAFKA_VERSION / "libs" / _COMPLETE).exists():
         missing.remove("mvn")  # the jars are already cached
     if missing:
         pytest.skip(f"needs {', '.join(missing)} on PATH to run a real Kafka broker")
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A Kafka broker for the whole session; skips only when java (or mvn, uncached) is missing."""
+    _skip_without_java()
     broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
+    try:
+        broker.start()
+    except KafkaBrokerError as e:
+        pytest.fail(str(e), pytrace=False)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="module")
+def kafka_broker_no_autocreate(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[KafkaBroker]:
+    """A second broker that creates no topic on first use, as production clusters often do not."""
+    _skip_without_java()
+    broker = KafkaBroker(
+        tmp_path_factory.mktemp("kafka-strict"),
+        extra_config={"auto.create.topics.enable": "false"},
+    )
     try:
         broker.start()
     except KafkaBrokerError as e:

@@ -10,21 +10,25 @@ Every record handed to :meth:`KafkaReporter.report` ends in exactly one bucket::
 - ``report.drop.backpressure``    the buffer stayed full for ``block_ms``: the newest records (the
                                   tail of the batch that did not fit) are dropped, never older ones
 - ``report.drop.kafka_failed``    a non-retriable error, or still failing after ``retries`` resends
-- ``report.drop.kafka_too_large`` one record larger than ``max_request_size``, or refused as too
-                                  large by the broker (a refused batch of several is split)
+- ``report.drop.kafka_too_large`` one record larger than ``max_request_size`` (its value) or than
+                                  ``buffer_max_bytes`` (value and key: it could never fit), or
+                                  refused as too large by the broker (a refused batch of several
+                                  is split)
 - ``report.drop.kafka_closed``    undelivered when ``close()`` gave up after ``flush_timeout_ms``,
                                   or handed to ``report()`` after ``close()``
 - ``report.buffered`` (gauge)     accepted, not yet acknowledged: batching, queued or in flight
                                   (a worker's parent counts it as ``report.drop.worker_died`` if
                                   the worker is killed)
+- ``report.buffered_bytes`` (gauge) the same records' values and keys, in bytes
 
 Health counters outside that sum: ``report.kafka.failed`` (records in failed delivery attempts,
 once per attempt), ``report.kafka.retried`` (records resent), ``report.kafka.connect_failed``.
 
-While the broker is slow or gone, records wait in the buffer (at most ``buffer_max_records``) and
-``report()`` blocks up to ``block_ms`` for room: that is the pipeline's backpressure. The
-idempotent producer (the default) retries until the broker answers, under one producer id so the
-broker drops repeats; a buffered record is lost only when ``close()`` gives up.
+While the broker is slow or gone, records wait in the buffer (at most ``buffer_max_records``, and
+``buffer_max_bytes`` of values and keys) and ``report()`` blocks up to ``block_ms`` for room under
+both bounds: that is the pipeline's backpressure. The idempotent producer (the default) retries
+until the broker answers, under one producer id so the broker drops repeats; a buffered record is
+lost only when ``close()`` gives up.
 
 Records go straight into one open aiokafka batch per partition (Java's partitioner picks it, so a
 call stays in one partition, in order); full batches are sent at once, a partial one when the
@@ -53,6 +57,7 @@ from otus.plugins.reporter.kafka_config import (
     read_password,
     ssl_context,
 )
+from otus.plugins.reporter.kafka_logs import quiet_aiokafka
 from otus.plugins.reporter.kafka_producer import (
     NO_HEADERS,
     Batch,
@@ -64,7 +69,7 @@ from otus.plugins.reporter.kafka_producer import (
     split,
     too_large,
 )
-from otus.plugins.reporter.kafka_supervisor import STOP_S, Producers
+from otus.plugins.reporter.kafka_supervisor import STOP_S, Producers, Tasks
 
 __all__ = ["KafkaConfig", "KafkaReporter", "murmur2", "partition_for"]
 
@@ -80,10 +85,13 @@ class KafkaReporter:
 
     def __init__(self, config: KafkaConfig, ctx: PluginContext) -> None:
         check_codec(config.compression)
+        quiet_aiokafka()
         from aiokafka.producer.message_accumulator import BatchBuilder  # noqa: PLC0415
 
         self.config = config
         self._ctx = ctx
+        self._tasks = Tasks()
+        self._spawn = self._tasks.spawn
         idem = config.enable_idempotence
         self._producers = Producers(
             config,
@@ -96,6 +104,7 @@ class KafkaReporter:
         )
         self._new_builder = partial(BatchBuilder, config.batch_size, CODECS[config.compression])
         self._max = config.buffer_max_records
+        self._max_bytes = config.buffer_max_bytes
         self._linger = config.linger_ms / 1000
         self._backoff = config.retry_backoff_ms / 1000
         self._headers: list[tuple[str, bytes]] = NO_HEADERS
@@ -104,7 +113,7 @@ class KafkaReporter:
         # counters: see the module docstring
         self._records = self._sent = self._failed = self._retried = 0
         self._drop_backpressure = self._drop_failed = self._drop_too_large = self._drop_closed = 0
-        self._buffered = 0
+        self._buffered = self._buffered_bytes = 0
         self._keys: dict[str, tuple[bytes | None, int]] = {}  # Call-ID -> (key, positive murmur2)
         self._lanes: dict[str, list[Lane]] = {}
         self._staged: dict[str, list[tuple[bytes | None, bytes]]] = {}  # partitions unknown yet
@@ -113,7 +122,6 @@ class KafkaReporter:
         self._room = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._started = self._closed = self._flushing = False
         self._split_warned = False
         self._full_logged = float("-inf")
@@ -137,33 +145,31 @@ class KafkaReporter:
             return
         if not self._started:
             await self.start()
-        if self._max - self._buffered >= n:
-            self._accept(batch)
+        done = self._accept(batch)
+        if done == n:
             await asyncio.sleep(0)  # let the lanes ship while a busy caller keeps reporting
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.block_ms / 1000
-        done = 0
         while True:
-            room = min(self._max - self._buffered, n - done)
-            if room > 0:
-                self._accept(batch[done : done + room])
-                done += room
-                if done == n:
-                    return
             remaining = deadline - loop.time()
             if remaining <= 0 or self._closed:
                 break
             self._room.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._room.wait(), remaining)
+            if self._closed:
+                break
+            done += self._accept(batch[done:])
+            if done == n:
+                return
         self._drop_backpressure += n - done
         if loop.time() >= self._full_logged + 10.0:  # an outage drops at every batch: 1 line/10 s
             self._full_logged = loop.time()
             log.warning(
-                "kafka: buffer full (%d records) for block_ms: %d records dropped so far "
-                "(report.drop.backpressure)",
-                *(self._buffered, self._drop_backpressure),
+                "kafka: buffer full (%d records, %d bytes) for block_ms: %d records dropped so "
+                "far (report.drop.backpressure)",
+                *(self._buffered, self._buffered_bytes, self._drop_backpressure),
             )
 
     async def flush(self) -> None:
@@ -188,7 +194,7 @@ class KafkaReporter:
             return
         await self.flush()
         self._closed = True
-        await self._cancel_tasks()
+        await self._tasks.cancel_all()
         # After a flush that gave up, aiokafka's stop() would wait for the same batches again,
         # past flush_timeout_ms: a daemon stopping the task kills it first, counters and all.
         await self._producers.stop_all(STOP_S if self._buffered == 0 else 0.0)
@@ -196,26 +202,12 @@ class KafkaReporter:
         if self._buffered:
             log.warning("kafka: closing with %d records undelivered", self._buffered)
             self._drop_closed += self._buffered
-            self._buffered = 0
+            self._buffered = self._buffered_bytes = 0
         self._lanes.clear()
         self._staged.clear()
 
-    async def _cancel_tasks(self) -> None:
-        """Cancel the reporter's tasks; wait a bounded time, cancelling again what survives."""
-        # A cancel can be lost inside aiokafka or wait_for() (Python 3.11): ask again.
-        for _ in range(3):
-            tasks = [t for t in self._tasks if not t.done()]
-            if not tasks:
-                return
-            for t in tasks:
-                t.cancel()
-            await asyncio.wait(tasks, timeout=STOP_S)
-        left = [t for t in self._tasks if not t.done()]
-        if left:
-            log.warning("kafka: %d reporter task(s) did not stop; abandoning them", len(left))
-
     def stats(self) -> Mapping[str, int]:
-        """Counters and the buffered gauge (names in the module docstring)."""
+        """Counters and the buffered gauges (names in the module docstring)."""
         return {
             "report.kafka.records": self._records,
             "report.kafka.sent": self._sent,
@@ -227,15 +219,20 @@ class KafkaReporter:
             "report.drop.kafka_too_large": self._drop_too_large,
             "report.drop.kafka_closed": self._drop_closed,
             "report.buffered": self._buffered,
+            "report.buffered_bytes": self._buffered_bytes,
         }
 
     # -- the hot path ----------------------------------------------------------------------
 
-    def _accept(self, batch: list[OutputPacket]) -> None:
-        """Serialize each record into its partition's open batch (or stage it by topic)."""
+    def _accept(self, batch: list[OutputPacket]) -> int:
+        """Serialize records into their partitions' open batches (or stage them by topic) while
+        both bounds have room; return how many of the batch were taken (or dropped as too large).
+        """
         task_id, agent_id = self._ctx.task_id, self._ctx.agent_id
         fixed_topic, prefix = self.config.topic, self.config.topic_prefix
         limit = self.config.max_request_size
+        room = self._max - self._buffered
+        byte_room = bytes_free = self._max_bytes - self._buffered_bytes
         keys, headers, new_builder = self._keys, self._headers, self._new_builder
         encode = record_bytes
         ts, now = int(time.time() * 1000), time.monotonic()  # one clock read per call
@@ -246,6 +243,8 @@ class KafkaReporter:
         nparts = sticky = accepted = too_large = 0
         self._rr += 1
         for out in batch:
+            if accepted >= room:
+                break
             if out.payload_type != ptype:
                 ptype = out.payload_type
                 topic = fixed_topic or f"{prefix}-{ptype}"
@@ -262,12 +261,19 @@ class KafkaReporter:
             if len(value) > limit:
                 too_large += 1
                 continue
-            accepted += 1
             cid = out.payload.get("call_id")
             kh = keys.get(cid) if cid.__class__ is str else None
             if kh is None:
                 kh = self._key(cid)
             key = kh[0]
+            size = len(value) if key is None else len(value) + len(key)  # record_size()
+            if size > byte_room:
+                if size <= self._max_bytes:
+                    break  # it waits for room, or report() drops it with the rest of the batch
+                too_large += 1  # it could never fit: too large, as in Java's producer
+                continue
+            byte_room -= size
+            accepted += 1
             if staged is not None:
                 staged.append((key, value))
                 continue
@@ -286,14 +292,17 @@ class KafkaReporter:
                 # An empty batch takes any record: oversized ones were dropped above.
                 r.append(0, ts, key, value, headers)
             lane.count += 1
+            lane.nbytes += size
         self._drop_too_large += too_large
         if accepted:
             self._buffered += accepted
+            self._buffered_bytes += bytes_free - byte_room
             self._drained.clear()
         for ls in touched:
             for lane in ls:
                 if lane.count or lane.batches:
                     lane.wake.set()
+        return accepted + too_large
 
     def _key(self, cid: object) -> tuple[bytes | None, int]:
         """The Kafka key of a Call-ID and its hash, cached: a call sends several messages."""
@@ -314,17 +323,6 @@ class KafkaReporter:
         return staged
 
     # -- producers -------------------------------------------------------------------------
-
-    def _spawn(self, coro: Any) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("kafka: reporter task failed", exc_info=task.exception())
 
     def _settle_generation(self, gen: int) -> None:
         """A producer is gone: settle its batches now (unanswered ones fail, to be resent)."""
@@ -462,7 +460,7 @@ class KafkaReporter:
         lane.wake.set()  # its open batch may go now
         if future.done() and not future.cancelled() and future.exception() is None:
             self._sent += n
-            self._release(n)
+            self._release(batch)
             return
         if future.done() and not future.cancelled():
             exc: BaseException = future.exception() or RuntimeError("no result")
@@ -476,7 +474,7 @@ class KafkaReporter:
             self._producers.request_reset(batch.gen)
         if self._closed:
             self._drop_closed += n
-            self._release(n)
+            self._release(batch)
             return
         if too_large(exc):
             self._split(batch, exc)
@@ -487,7 +485,7 @@ class KafkaReporter:
                 *(n, lane.topic, lane.partition, batch.attempts, exc),
             )
             self._drop_failed += n
-            self._release(n)
+            self._release(batch)
             return
         self._retried += n
         log.info("kafka: resending %d records for %s-%d: %r", n, lane.topic, lane.partition, exc)
@@ -502,7 +500,7 @@ class KafkaReporter:
                 "kafka: %s refuses a record as too large (max.message.bytes): %r", where, exc
             )
             self._drop_too_large += 1
-            self._release(1)
+            self._release(batch)
             return
         level = logging.INFO if self._split_warned else logging.WARNING  # once per reporter
         log.log(level, "kafka: %s refuses %d records as too large: splitting the batch", where, n)
@@ -511,8 +509,10 @@ class KafkaReporter:
         for half in split(batch, self._new_builder):
             lane.put_back(half)
 
-    def _release(self, n: int) -> None:
-        self._buffered -= n
+    def _release(self, batch: Batch) -> None:
+        """Give a batch's records and bytes back to the buffer: delivered or dropped."""
+        self._buffered -= batch.count
+        self._buffered_bytes -= batch.nbytes
         self._room.set()
         if self._buffered == 0:
             self._drained.set()

@@ -138,6 +138,13 @@ class KafkaConfig(SpecModel):
     buffer_max_records: int = Field(
         default=50_000, ge=1, le=10_000_000, description="Records accepted and not yet delivered."
     )
+    buffer_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=16 * 1024 * 1024 * 1024,
+        description="Bytes (record values and keys) accepted and not yet delivered, as Java's "
+        "buffer.memory; a record larger than this is dropped as too large.",
+    )
     block_ms: int = Field(
         default=1_000, ge=0, le=600_000, description="How long report() waits for buffer room."
     )

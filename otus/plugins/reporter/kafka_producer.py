@@ -24,6 +24,7 @@ __all__ = [
     "metadata_error",
     "new_producer",
     "rebuild",
+    "record_size",
     "records_of",
     "retriable",
     "set_record_count",
@@ -109,13 +110,21 @@ def split(batch: Batch, new_builder: Callable[[], Any]) -> list[Batch]:
 
     records = list(DefaultRecordBatch(bytes(batch.builder._build())))
     half = len(records) // 2
+    first = sum(record_size(r.key, r.value) for r in records[:half])
     out = []
+    # The second half holds the rest of the batch's bytes: what was counted in is counted out.
+    sizes = (first, batch.nbytes - first)
     for i, part in enumerate((records[:half], records[half:])):
         builder = new_builder()
         for r in part:  # a part of what fitted one batch fits one
             builder.append(timestamp=r.timestamp, key=r.key, value=r.value, headers=r.headers)
-        out.append(Batch(batch.lane, builder, len(part), (*batch.seq, i)))
+        out.append(Batch(batch.lane, builder, len(part), sizes[i], (*batch.seq, i)))
     return out
+
+
+def record_size(key: bytes | None, value: bytes) -> int:
+    """What a record weighs against ``buffer_max_bytes``: its value and key."""
+    return len(value) if key is None else len(value) + len(key)
 
 
 def too_large(exc: BaseException) -> bool:
@@ -191,12 +200,26 @@ class _Pending(set[Any]):
 class Batch:
     """A sealed batch for one partition, kept until acknowledged so it can be resent."""
 
-    __slots__ = ("attempts", "builder", "count", "future", "gen", "lane", "seq", "token", "used")
+    __slots__ = (
+        "attempts",
+        "builder",
+        "count",
+        "future",
+        "gen",
+        "lane",
+        "nbytes",
+        "seq",
+        "token",
+        "used",
+    )
 
-    def __init__(self, lane: Lane, builder: Any, count: int, seq: tuple[int, ...]) -> None:
+    def __init__(
+        self, lane: Lane, builder: Any, count: int, nbytes: int, seq: tuple[int, ...]
+    ) -> None:
         self.lane = lane
         self.builder = builder  # aiokafka BatchBuilder
         self.count = count
+        self.nbytes = nbytes  # its records' record_size(), released with its count
         # Order within the lane, kept when a failed batch is put back; a split batch's halves
         # extend it ((7,) -> (7, 0), (7, 1)) so they sort between it and its successor.
         self.seq = seq
@@ -215,6 +238,7 @@ class Lane:
         "builder",
         "count",
         "inflight",
+        "nbytes",
         "partition",
         "records",
         "seq",
@@ -230,6 +254,7 @@ class Lane:
         self.builder: Any = None  # the open batch
         self.records: Any = None  # its record builder, appended to directly (records_of)
         self.count = 0  # records in it
+        self.nbytes = 0  # their record_size()
         self.since = 0.0  # monotonic time of its first record (linger)
         self.batches: deque[Batch] = deque()
         self.inflight = 0  # batches handed to aiokafka and not settled
@@ -241,21 +266,24 @@ class Lane:
         """Close the open batch and queue it for sending."""
         self.seq += 1
         set_record_count(self.builder, self.count)
-        self.batches.append(Batch(self, self.builder, self.count, (self.seq,)))
+        self.batches.append(Batch(self, self.builder, self.count, self.nbytes, (self.seq,)))
         self.builder = self.records = None
-        self.count = 0
+        self.count = self.nbytes = 0
 
     def add(self, new_builder: Callable[[], Any], now: float, record: tuple[Any, ...]) -> None:
         """Append ``(ts, key, value, headers)``, sealing a full batch first (not the hot path)."""
+        size = record_size(record[1], record[2])
         if self.records is not None:
             if self.records.append(self.count, *record) is not None:
                 self.count += 1
+                self.nbytes += size
                 return
             self.seal()  # full
         self.builder, self.since = new_builder(), now
         self.records = records_of(self.builder)
         self.records.append(0, *record)  # an empty batch takes any record: none is oversized
         self.count += 1
+        self.nbytes += size
 
     def put_back(self, batch: Batch) -> None:
         """Queue a batch to be resent, in its place among the lane's batches."""

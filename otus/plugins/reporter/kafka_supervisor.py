@@ -1,4 +1,4 @@
-"""The Kafka reporter's producers: one started at a time, replaced on request, retired gently."""
+"""The Kafka reporter's background work: its producers (replaced on request) and its tasks."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from otus.plugins.base import PluginContext
 from otus.plugins.reporter.kafka_config import KafkaConfig
 from otus.plugins.reporter.kafka_producer import force_close, new_producer
 
-__all__ = ["STOP_S", "Producers"]
+__all__ = ["STOP_S", "Producers", "Tasks"]
 
 log = logging.getLogger("otus.plugins.reporter.kafka")  # the reporter's logger: one name in logs
 
@@ -145,3 +145,36 @@ class Producers:
     def _end(self, gen: int) -> None:
         self.live.pop(gen, None)
         self._gone(gen)
+
+
+class Tasks:
+    """The reporter's background tasks: a failure is logged, and close() cancels them all."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``coro`` as one of the reporter's tasks."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("kafka: reporter task failed", exc_info=task.exception())
+
+    async def cancel_all(self) -> None:
+        """Cancel every task; wait a bounded time, cancelling again what survives."""
+        # A cancel can be lost inside aiokafka or wait_for() (Python 3.11): ask again.
+        for _ in range(3):
+            tasks = [t for t in self._tasks if not t.done()]
+            if not tasks:
+                return
+            for t in tasks:
+                t.cancel()
+            await asyncio.wait(tasks, timeout=STOP_S)
+        left = [t for t in self._tasks if not t.done()]
+        if left:
+            log.warning("kafka: %d reporter task(s) did not stop; abandoning them", len(left))
