@@ -334,9 +334,9 @@ def _report(runs: list[Run], load: tuple[str, str]) -> list[Row]:
         if not dropped:
             print(f"# {tool}: no drops at any rate tcpreplay reached: the sender was the limit")
         rows.append((label, clean, "pps"))
-        cpu = [r for r in live if r.cpu_s]
-        if cpu:
-            best = min(r.us_per_frame for r in cpu)
+        timed = [r for r in live if r.cpu_s]
+        if timed:
+            best = min(r.us_per_frame for r in timed)
             what = label.split(",")[0]
             rows.append((f"{what}, frames per CPU second: {tool}", 1e6 / best, "frames/s"))
     drains = [r for r in runs if r.target == "drain"]

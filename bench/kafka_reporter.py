@@ -69,7 +69,7 @@ async def through_kafka(
     cfg = KafkaConfig(
         brokers=[bootstrap], topic=f"bench-{uuid.uuid4().hex[:8]}", buffer_max_records=100_000,
         buffer_max_bytes=256 << 20, block_ms=60_000, flush_timeout_ms=300_000,
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )  # fmt: skip
     reporter = KafkaReporter(cfg, PluginContext("bench", "agent"))
     await reporter.report(pool[0])  # topic creation and connection off the clock
