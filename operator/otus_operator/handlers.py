@@ -6,7 +6,8 @@
   CaptureTasks live in every namespace, so a kopf pod index would watch every pod in the
   cluster and need cluster-wide pod RBAC.
 - ``reconcile`` (daemon, one per CaptureTask): validates the spec with the pydantic model,
-  assigns nodes, marks silent nodes ``Unknown``, aggregates conditions and totals, and patches
+  assigns nodes (holding the assignment on an invalid edit, and until the agent pods are
+  listed), marks silent nodes ``Unknown``, aggregates conditions and totals, and patches
   ``/status`` (JSON merge patch; the operator is the only writer of everything but
   ``status.nodes``). It runs at once on a change of the task, of a node or of an agent pod, and
   at least every ``resync_s``.
@@ -33,6 +34,7 @@ from otus.core.kube import ApiError, KubeClient, KubeConfig, Reflector
 from otus_operator.logic import (
     Silence,
     assign,
+    hold,
     merge_conditions,
     plan_status,
     rfc3339,
@@ -108,6 +110,11 @@ class AgentWatcher:
         conditions = (pod.get("status") or {}).get("conditions") or []
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
         return (str(node), ready and not meta.get("deletionTimestamp"))
+
+    @property
+    def synced(self) -> bool:
+        """Whether the agent pods were listed once (before that, ``nodes()`` proves nothing)."""
+        return self.reflector.synced.is_set()
 
     def nodes(self) -> dict[str, bool]:
         """Node -> any ready agent pod there (a node listed with False has only unready ones)."""
@@ -259,9 +266,12 @@ async def _reconcile_once(
         cts.to_task_spec("validate")  # the task model has the last word
     except SpecError as e:
         errors = e.errors or [str(e)]
-    agents = state.agents.nodes()
+    agents = state.agents.nodes() if state.agents.synced else None
     current = list(status.get("assignedNodes") or [])
-    assigned = [] if errors is not None else assign(selector, node_labels, agents, current)
+    if errors is None and agents is not None:
+        assigned = assign(selector, node_labels, agents, current)
+    else:  # an invalid edit is not applied; unlisted agent pods are not absent ones
+        assigned = hold(current, node_labels, agents)
     now = time.time()
     key = f"{meta.get('namespace')}/{meta.get('name')}"
     plan = plan_status(
@@ -305,7 +315,7 @@ async def drain(body: kopf.Body, memo: Any, runtime: Any, **_: Any) -> None:
     """Hold the finalizer until the agents stopped and flushed, or the wait ran out."""
     state = _memo(memo)
     status: Mapping[str, Any] = body.get("status") or {}
-    agents = state.agents.nodes() if state.agents is not None else {}
+    agents = state.agents.nodes() if state.agents is not None and state.agents.synced else None
     meta, now = body.get("metadata", {}), time.time()
     key = f"{meta.get('namespace')}/{meta.get('name')}"
     seen = state.silence.observe(key, status.get("nodes") or {}, now)

@@ -19,6 +19,7 @@ __all__ = [
     "Silence",
     "assign",
     "heartbeat_age",
+    "hold",
     "merge_conditions",
     "plan_status",
     "rfc3339",
@@ -100,6 +101,20 @@ def assign(
     return sorted(out)
 
 
+def hold(
+    current: list[str],
+    nodes: Mapping[str, Mapping[str, str]],
+    agents: Mapping[str, bool] | None,
+) -> list[str]:
+    """The current assignment, less nodes gone from the cluster (or whose agent pod is gone).
+
+    Used when the selector cannot be applied: an invalid spec edit (what runs keeps running on
+    the last valid spec), or agents not yet listed (``None``: right after the operator starts,
+    when judging by an empty list would unassign every node).
+    """
+    return sorted(n for n in current if n in nodes and (agents is None or n in agents))
+
+
 def merge_conditions(
     old: list[Mapping[str, Any]], new: list[dict[str, Any]], now: str
 ) -> list[dict[str, Any]]:
@@ -148,12 +163,15 @@ def plan_status(
 ) -> Plan:
     """Conditions, counts, totals and node marks for one CaptureTask.
 
-    ``seen``: node -> when the operator last saw its entry change (:class:`Silence`).
+    ``seen``: node -> when the operator last saw its entry change (:class:`Silence`). With
+    ``spec_errors``, ``assigned`` is the assignment held from before the edit (:func:`hold`).
+    A node counts as running once its agent reports ``Running`` for ``generation``.
     """
     seen = seen or {}
     plan = Plan()
     nodes: dict[str, Any] = dict(status.get("nodes") or {})
     phases: dict[str, str] = {}
+    behind: dict[str, int] = {}  # node -> the older generation it still reports
     for name in assigned:
         entry = nodes.get(name)
         if entry is None:
@@ -166,6 +184,9 @@ def plan_status(
             msg = f"no report from the agent for {int(age)}s" if age != float("inf") else ""
             plan.node_patch[name] = {"phase": "Unknown", "message": msg or "no heartbeat"}
         phases[name] = phase
+        observed = entry.get("observedGeneration")
+        if phase == "Running" and isinstance(observed, int) and observed < (generation or 0):
+            behind[name] = observed
     for name, entry in nodes.items():
         if name in assigned or not isinstance(entry, Mapping):
             continue
@@ -173,7 +194,7 @@ def plan_status(
         silent = heartbeat_age(entry, now, seen.get(name)) > heartbeat_timeout
         if entry.get("phase") in _FINAL or silent:
             plan.node_patch[name] = None
-    running = sorted(n for n, p in phases.items() if p == "Running")
+    running = sorted(n for n, p in phases.items() if p == "Running" and n not in behind)
     failed = sorted(n for n, p in phases.items() if p == "Failed")
     unknown = sorted(n for n, p in phases.items() if p == "Unknown")
     kept = {n: e for n, e in nodes.items() if plan.node_patch.get(n, e) is not None}
@@ -184,6 +205,8 @@ def plan_status(
     gen = generation
     if spec_errors is not None:
         message = "; ".join(spec_errors)
+        if assigned:
+            message += "; the edit is not applied: the assigned nodes keep the last valid spec"
         ready = _condition("Ready", False, "InvalidSpec", message, gen)
         plan.event = ("Warning", "InvalidSpec", message[:1024])
     elif paused:
@@ -195,12 +218,19 @@ def plan_status(
     elif len(running) == len(assigned):
         ready = _condition("Ready", True, "Running", f"{len(running)}/{len(assigned)} nodes", gen)
     else:
-        others = ", ".join(f"{n}: {p}" for n, p in sorted(phases.items()) if p != "Running")
+        others = ", ".join(
+            f"{n}: Running generation {behind[n]}" if n in behind else f"{n}: {p}"
+            for n, p in sorted(phases.items())
+            if p != "Running" or n in behind
+        )
+        updating = len(running) + len(behind) == len(assigned)
         ready = _condition(
             "Ready",
             False,
-            "NodesNotRunning",
-            f"{len(running)}/{len(assigned)} nodes running; {others}",
+            "NodesUpdating" if updating else "NodesNotRunning",
+            f"{len(running)}/{len(assigned)} nodes running generation {gen}; {others}"
+            if behind
+            else f"{len(running)}/{len(assigned)} nodes running; {others}",
             gen,
         )
     if failed or unknown:
@@ -213,9 +243,9 @@ def plan_status(
     plan.status = {
         "observedGeneration": gen,
         "conditions": [ready, degraded],
-        "targetedNodes": 0 if spec_errors is not None else len(assigned),
+        "targetedNodes": len(assigned),
         "runningNodes": 0 if paused else len(running),
-        "assignedNodes": [] if spec_errors is not None else assigned,
+        "assignedNodes": assigned,
         "totals": totals,
     }
     return plan
@@ -223,21 +253,29 @@ def plan_status(
 
 def waiting_nodes(
     status: Mapping[str, Any],
-    agents: Mapping[str, bool],
+    agents: Mapping[str, bool] | None,
     now: float,
     heartbeat_timeout: float,
     seen: Mapping[str, float] | None = None,
 ) -> list[str]:
-    """Nodes whose agent may still be running the task (so deletion must wait for them)."""
+    """Nodes whose agent may still be running the task (so deletion must wait for them).
+
+    ``agents`` None: the agent pods are not listed yet, so any node may have one.
+    """
     seen = seen or {}
     out = []
     for name, entry in (status.get("nodes") or {}).items():
         if not isinstance(entry, Mapping) or entry.get("phase") in _FINAL:
             continue
-        if name not in agents or heartbeat_age(entry, now, seen.get(name)) > heartbeat_timeout:
+        gone = agents is not None and name not in agents
+        if gone or heartbeat_age(entry, now, seen.get(name)) > heartbeat_timeout:
             continue  # no agent left to flush anything
         out.append(name)
     # Assigned but never reported: its agent may be starting the task right now.
     reported = status.get("nodes") or {}
-    out += [n for n in status.get("assignedNodes") or [] if n not in reported and agents.get(n)]
+    out += [
+        n
+        for n in status.get("assignedNodes") or []
+        if n not in reported and (agents is None or agents.get(n))
+    ]
     return sorted(set(out))

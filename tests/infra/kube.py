@@ -3,8 +3,9 @@
 ``ApiEmulator`` adds what kmock's ``KubernetesEmulator`` leaves out and the operator and the
 agent rely on: ``metadata.resourceVersion`` (a global counter; a merge patch carrying an older
 one fails with 409, as on a real server), ``generation`` (bumped when ``spec`` changes), ``uid``
-and ``creationTimestamp``; and the status subresource's rule that ``/status`` writes change only
-``status`` and main-resource writes never change it.
+and ``creationTimestamp``; the status subresource's rule that ``/status`` writes change only
+``status`` and main-resource writes never change it; and :meth:`ApiEmulator.hold`, a list that
+does not answer yet (a slow or overloaded API server).
 
 ``FakeTaskManager`` implements the task-manager contract of ``otus.task.manager`` in memory.
 """
@@ -61,7 +62,16 @@ class _Conflict(kmock.KubernetesError):
 class ApiEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     """kmock's emulator plus resourceVersion, generation, uid and status-subresource rules."""
 
+    def hold(self, resource: str) -> asyncio.Event:
+        """Keep lists of ``resource`` (``v1/pods``) unanswered until the returned event is set."""
+        gate = asyncio.Event()
+        self._gates = {**getattr(self, "_gates", {}), kmock.resource(resource): gate}
+        return gate
+
     async def _handle(self, request: Any) -> Any:
+        gate = getattr(self, "_gates", {}).get(request.resource)
+        if gate is not None and request.action == enums.action.LIST:
+            await gate.wait()
         if request.resource is not None and isinstance(request.data, (dict, list)):
             if request.action == enums.action.CREATE:
                 self._on_create(request)

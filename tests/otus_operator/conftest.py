@@ -97,9 +97,18 @@ class Cluster:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
+    async def restart_operator(self) -> None:
+        """Stop the operator and start a new one, with nothing in memory (a new pod)."""
+        await self.stop_operator()
+        self.state = State(config=self.state.config, kube=self.state.kube)
+        await self.start_operator()
+
     async def close(self) -> None:
         for node in list(self.agents):
             await self.kill_agent(node)
+        await self.stop_operator()
+
+    async def stop_operator(self) -> None:
         if self._operator is None or self._loop is None:
             return
         assert self._stop is not None and self._main is not None
@@ -113,6 +122,7 @@ class Cluster:
             self._loop.call_soon_threadsafe(self._main.cancel)
             await asyncio.to_thread(self._operator.join, 10)
         assert not self._operator.is_alive(), "the operator did not stop"
+        self._operator = self._loop = None
 
 
 @pytest_asyncio.fixture

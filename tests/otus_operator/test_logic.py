@@ -5,6 +5,7 @@ from __future__ import annotations
 from otus_operator.logic import (
     Silence,
     assign,
+    hold,
     merge_conditions,
     plan_status,
     rfc3339,
@@ -76,6 +77,36 @@ def test_invalid_and_paused() -> None:
     assert plan.status["conditions"][0]["reason"] == "NoNodes"
 
 
+def test_held_assignment_loses_only_departed_nodes() -> None:
+    assert hold(["a", "b", "deleted"], NODES, None) == ["a", "b"]  # agent pods not listed yet
+    assert hold(["a", "b"], NODES, {"a": False}) == ["a"]  # b's agent pod is gone
+
+
+def test_invalid_edit_keeps_the_held_nodes_and_says_so() -> None:
+    status = {"nodes": {"a": entry("Running", observedGeneration=2)}}
+    plan = plan_status(spec_errors=["processors.0: bad"], paused=False, assigned=["a"],
+                       status=status, generation=2, now=NOW, heartbeat_timeout=30)  # fmt: skip
+    ready = plan.status["conditions"][0]
+    assert (ready["reason"], ready["observedGeneration"]) == ("InvalidSpec", 2)
+    assert ready["message"].startswith("processors.0: bad; the edit is not applied")
+    assert plan.status["assignedNodes"] == ["a"] and plan.status["runningNodes"] == 1
+
+
+def test_nodes_still_on_an_older_generation_are_not_ready() -> None:
+    status = {"nodes": {"a": entry("Running", observedGeneration=3),
+                        "b": entry("Running", observedGeneration=2)}}  # fmt: skip
+    plan = plan_status(spec_errors=None, paused=False, assigned=["a", "b"], status=status,
+                       generation=3, now=NOW, heartbeat_timeout=30)  # fmt: skip
+    ready = plan.status["conditions"][0]
+    assert (ready["status"], ready["reason"]) == ("False", "NodesUpdating")
+    assert ready["message"] == "1/2 nodes running generation 3; b: Running generation 2"
+    assert plan.status["runningNodes"] == 1
+    status["nodes"]["a"] = entry("Failed", observedGeneration=3)
+    plan = plan_status(spec_errors=None, paused=False, assigned=["a", "b"], status=status,
+                       generation=3, now=NOW, heartbeat_timeout=30)  # fmt: skip
+    assert plan.status["conditions"][0]["reason"] == "NodesNotRunning"
+
+
 def test_transition_time_moves_only_on_status_change() -> None:
     old = [{"type": "Ready", "status": "True", "lastTransitionTime": "T0"}]
     same = merge_conditions(old, [{"type": "Ready", "status": "True"}], "T1")
@@ -91,6 +122,8 @@ def test_drain_waits_only_for_live_agents() -> None:
     }  # fmt: skip
     agents = {"a": True, "b": True, "dead": True, "new": True}
     assert waiting_nodes(status, agents, NOW, 30) == ["a", "new"]
+    # Agent pods not listed yet (the operator just started): any node may have one.
+    assert waiting_nodes(status, None, NOW, 30) == ["a", "new", "nopod"]
 
 
 FUTURE = "2099-01-01T00:00:00Z"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tests.infra.kube import CT_RESOURCE, ct_path, eventually
+from otus.pipeline.spec import TaskSpec
+from tests.infra.kube import CT_RESOURCE, FakeInfo, FakeTaskManager, ct_path, eventually
 from tests.otus_operator.conftest import AGENT_NS, Cluster
 
 NS = "voice"
@@ -29,9 +30,12 @@ def condition(c: Cluster, name: str, ctype: str = "Ready") -> dict[str, Any]:
     return {}
 
 
+def node_entry(c: Cluster, name: str, node: str) -> dict[str, Any]:
+    return dict((status(c, name).get("nodes") or {}).get(node) or {})
+
+
 def node_phase(c: Cluster, name: str, node: str) -> str | None:
-    entry = (status(c, name).get("nodes") or {}).get(node)
-    return entry.get("phase") if entry else None
+    return node_entry(c, name, node).get("phase")
 
 
 async def ready(c: Cluster, name: str, running: int, within: float = 10.0) -> dict[str, Any]:
@@ -195,3 +199,89 @@ async def test_delete_is_released_after_the_bounded_wait(cluster: Cluster) -> No
     await eventually(
         lambda: {e.get("reason") for e in cluster.api.events(NS)} & {"DrainTimeout", "Drained"}
     )
+
+
+async def test_operator_restart_does_not_stop_captures_before_agents_are_listed(
+    cluster: Cluster,
+) -> None:
+    await cluster.add_node("node-a", SIP)
+    await cluster.add_node("node-b", SIP)
+    await cluster.api.create_ct(NS, "calls", SPEC)
+    await ready(cluster, "calls", 2)
+    listed = cluster.api.emulator.hold("v1/pods")  # a slow API server: the pod list hangs
+    try:
+        await cluster.restart_operator()
+        await asyncio.sleep(1.5)  # several resyncs of the new operator
+        assert status(cluster, "calls")["assignedNodes"] == ["node-a", "node-b"]
+        for node in ("node-a", "node-b"):
+            assert cluster.managers[node].calls == [("create", "voice.calls")]  # never stopped
+    finally:
+        listed.set()
+    await ready(cluster, "calls", 2)
+    assert cluster.managers["node-a"].calls == [("create", "voice.calls")]
+
+
+BAD_FILTER = [{"type": "filter", "config": {"keepIf": "sip.method =="}}]
+
+
+async def test_invalid_edit_keeps_the_capture_running_and_says_so(cluster: Cluster) -> None:
+    await cluster.add_node("node-a", SIP)
+    await cluster.api.create_ct(NS, "calls", SPEC)
+    await ready(cluster, "calls", 1)
+    # Passes the CRD schema (an expression is a string there); only the model refuses it.
+    await cluster.api.client.merge_patch(ct_path(NS, "calls"), {"spec": {"processors": BAD_FILTER}})
+    cond = await eventually(lambda: condition(cluster, "calls").get("reason") == "InvalidSpec"
+                            and condition(cluster, "calls"))  # fmt: skip
+    assert "keep_if" in cond["message"] and "keep the last valid spec" in cond["message"]
+    assert cond["observedGeneration"] == 2
+    await eventually(lambda: "previous spec" in node_entry(cluster, "calls", "node-a").get(
+        "message", ""), what="the node says it goes on")  # fmt: skip
+    entry = node_entry(cluster, "calls", "node-a")
+    assert entry["phase"] == "Running" and "keep_if" in entry["message"]
+    assert status(cluster, "calls")["assignedNodes"] == ["node-a"]
+    manager = cluster.managers["node-a"]
+    assert manager.calls == [("create", "voice.calls")]  # neither stopped nor changed
+    assert manager.tasks["voice.calls"].spec.processors[0].config.drop_methods == ["OPTIONS"]
+    events = await eventually(
+        lambda: [e for e in cluster.api.events(NS) if e.get("reason") == "InvalidSpec"]
+    )
+    assert "keep_if" in events[0]["message"]
+    # Pausing still stops it; the fixed spec runs.
+    await cluster.api.client.merge_patch(ct_path(NS, "calls"), {"spec": {"paused": True}})
+    await eventually(lambda: node_phase(cluster, "calls", "node-a") == "Paused")
+    assert manager.tasks == {}
+    await cluster.api.client.merge_patch(ct_path(NS, "calls"), {"spec": {**SPEC, "paused": False}})
+    await ready(cluster, "calls", 1)
+
+
+class SlowUpdates(FakeTaskManager):
+    """Its updates wait for ``done``: a task restarting with a new spec."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done = asyncio.Event()
+        self.done.set()
+
+    async def update(self, spec: TaskSpec) -> FakeInfo:
+        """Replace the spec once ``done`` is set."""
+        await self.done.wait()
+        return await super().update(spec)
+
+
+async def test_ready_waits_for_the_agents_to_apply_an_edit(cluster: Cluster) -> None:
+    manager = cluster.managers["node-a"] = SlowUpdates()
+    await cluster.add_node("node-a", SIP)
+    await cluster.api.create_ct(NS, "calls", SPEC)
+    await ready(cluster, "calls", 1)
+    manager.done.clear()
+    spec = {**SPEC, "capture": {"interfaces": ["eth0"], "bpfFilter": "udp port 5080"}}
+    await cluster.api.client.merge_patch(ct_path(NS, "calls"), {"spec": spec})
+    await eventually(lambda: condition(cluster, "calls").get("observedGeneration") == 2)
+    await asyncio.sleep(1.0)  # heartbeats (0.3 s) and resyncs, the update still running
+    cond = condition(cluster, "calls")
+    assert (cond["status"], cond["reason"]) == ("False", "NodesUpdating"), cond
+    assert "node-a: Running generation 1" in cond["message"]
+    assert status(cluster, "calls")["runningNodes"] == 0
+    manager.done.set()
+    await ready(cluster, "calls", 1)
+    assert status(cluster, "calls")["nodes"]["node-a"]["observedGeneration"] == 2

@@ -11,7 +11,9 @@ the operator) holds this node:
 - retries a failed start with a backoff (``retry_min_s`` doubling up to ``retry_max_s``), and
   on each resync re-derives the phase from the task manager, restarting a task that failed;
 - keeps a running task when its spec can no longer be built (a Secret deleted): it goes on with
-  the files it has, reported ``Running`` with a message saying why;
+  the files it has, reported ``Running`` with a message saying why; so does an edit that makes
+  the spec invalid (not applied; ``paused`` still stops the task);
+- reports ``observedGeneration`` once it has acted on that generation (Ready waits for it);
 - after the first full list (and the manager's restore), deletes tasks restored from the state
   file whose id has the agent's form but that no CaptureTask assigned to this node claims;
 - reads the Secrets named by reporters' ``secretRef``s into private files
@@ -108,7 +110,8 @@ class _Entry:
     namespace: str
     name: str
     task_id: str
-    generation: int | None = None
+    generation: int | None = None  # of the CaptureTask as last seen
+    decided: int | None = None  # the generation the reported phase is about
     spec: TaskSpec | None = None  # the task running now, if any
     failed_key: tuple[Any, ...] | None = None  # the input whose start failed
     retry_at: float = 0.0  # monotonic time to retry that start; 0: no retry pending
@@ -117,6 +120,7 @@ class _Entry:
     phase: str = ""
     message: str = ""
     reported_phase: str = ""
+    reported_generation: int | None = None
     reported_at: float = 0.0
     secret_dir: Path | None = None
     done: bool = False  # final report written; nothing more to say
@@ -321,8 +325,8 @@ class KubernetesAgent:
         try:
             cts = parse_capture_task(obj["spec"])
         except SpecError as e:
-            await self._stop(entry)
-            await self._set(entry, "Failed", _one_line(e))
+            # Short: every node repeats it in the one object; the Ready condition lists it all.
+            await self._invalid(entry, obj["spec"], _one_line(e)[:256])
             return
         if cts.paused:
             await self._stop(entry)
@@ -375,6 +379,17 @@ class KubernetesAgent:
         self._swap_secrets(entry, secret_dir)
         await self._set(entry, _PHASES.get(_state(info), "Running"), "")
 
+    async def _invalid(self, entry: _Entry, raw: Any, error: str) -> None:
+        """An invalid edit is not applied: what this agent runs goes on; ``paused`` stops it."""
+        paused = isinstance(raw, Mapping) and raw.get("paused") is True
+        info = self._info(entry.task_id) if entry.spec is not None and not paused else None
+        if info is not None and _state(info) not in ("failed", "stopped"):
+            entry.warning = f"{error}; running the previous spec"
+            await self._set(entry, _PHASES.get(_state(info), "Running"), entry.warning)
+            return
+        await self._stop(entry)  # a restored task too: nothing says it ran the last valid spec
+        await self._set(entry, *(("Paused", "paused") if paused else ("Failed", error)))
+
     async def _cannot_build(self, entry: _Entry, error: str, going_on: str) -> None:
         """The spec cannot be built now: a running task goes on as it is; else say why."""
         self._retry_later(entry)  # Secrets are not watched: look again soon
@@ -418,8 +433,10 @@ class KubernetesAgent:
     # -- status --------------------------------------------------------------------------
 
     async def _set(self, entry: _Entry, phase: str, message: str, *, report: bool = True) -> None:
-        entry.phase, entry.message = phase, message
-        if report and (phase != entry.reported_phase or message != entry.extra.get("message")):
+        # The decision for this generation is made: from now on reports say they are about it.
+        entry.phase, entry.message, entry.decided = phase, message, entry.generation
+        changed = phase != entry.reported_phase or message != entry.extra.get("message")
+        if report and (changed or entry.decided != entry.reported_generation):
             await self._write(entry)
 
     def _report(self, entry: _Entry) -> dict[str, Any]:
@@ -434,7 +451,7 @@ class KubernetesAgent:
             "drops": sum(drops(stats).values()),
             "lastHeartbeat": now_rfc3339(),
             "message": entry.message[:1024],
-            "observedGeneration": entry.generation,
+            "observedGeneration": entry.decided,
             "taskId": entry.task_id,
         }
 
@@ -450,6 +467,7 @@ class KubernetesAgent:
             log.warning("capturetask %s/%s: status write: %s", entry.namespace, entry.name, e)
             return
         entry.reported_phase = report["phase"]
+        entry.reported_generation = report["observedGeneration"]
         entry.extra["message"] = report["message"]
         entry.reported_at = time.monotonic()
 

@@ -1,4 +1,4 @@
-"""The agent recovers: a vanished Secret, tasks restored after a restart, failed starts."""
+"""The agent recovers: a vanished Secret, restored tasks, failed starts, invalid edits."""
 
 from __future__ import annotations
 
@@ -169,5 +169,79 @@ async def test_restored_task_of_a_paused_capturetask_is_stopped(
     try:
         await eventually(lambda: node_status(kube_api, "calls").get("phase") == "Paused")
         assert a.manager.tasks == {} and a.manager.flushed == ["sip.calls"]
+    finally:
+        await a.stop()
+
+
+BAD_FILTER = [{"type": "filter", "config": {"keepIf": "sip.method =="}}]
+
+
+async def test_invalid_edit_is_not_applied(kube_api: KubeApi, agent: Agent) -> None:
+    await kube_api.create_ct(NS, "calls", SPEC)
+    await assign(kube_api, "calls", "node-a")
+    await eventually(lambda: node_status(kube_api, "calls").get("phase") == "Running")
+    await kube_api.client.merge_patch(ct_path(NS, "calls"), {"spec": {"processors": BAD_FILTER}})
+    st = await eventually(lambda: node_status(kube_api, "calls").get("observedGeneration") == 2
+                          and node_status(kube_api, "calls"))  # fmt: skip
+    assert st["phase"] == "Running" and "keep_if" in st["message"]
+    assert st["message"].endswith("running the previous spec")
+    assert agent.manager.calls == [("create", "sip.calls")]
+    await asyncio.sleep(0.5)  # heartbeats go on saying so
+    assert "previous spec" in node_status(kube_api, "calls")["message"]
+    # Pausing works whatever else is wrong.
+    await kube_api.client.merge_patch(ct_path(NS, "calls"), {"spec": {"paused": True}})
+    await eventually(lambda: node_status(kube_api, "calls").get("phase") == "Paused")
+    assert agent.manager.tasks == {} and agent.manager.flushed == ["sip.calls"]
+
+
+async def test_invalid_spec_stops_a_restored_task(kube_api: KubeApi, tmp_path: Path) -> None:
+    await kube_api.create_ct(NS, "calls", {**SPEC, "processors": BAD_FILTER})
+    await assign(kube_api, "calls", "node-a")
+    a = Agent(kube_api, "node-a", tmp_path)
+    await a.manager.create(parse_capture_task(SPEC).to_task_spec("sip.calls"))
+    a.start()
+    try:
+        st = await eventually(lambda: node_status(kube_api, "calls").get("phase") == "Failed"
+                              and node_status(kube_api, "calls"))  # fmt: skip
+        assert "keep_if" in st["message"] and a.manager.flushed == ["sip.calls"]
+    finally:
+        await a.stop()
+
+
+class SlowUpdates(FakeTaskManager):
+    """Its updates wait for ``done``: a task restarting with a new spec."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done = asyncio.Event()
+
+    async def update(self, spec: TaskSpec) -> FakeInfo:
+        """Replace the spec once ``done`` is set."""
+        await self.done.wait()
+        return await super().update(spec)
+
+
+async def test_generation_is_reported_once_applied(kube_api: KubeApi, tmp_path: Path) -> None:
+    a = Agent(kube_api, "node-a", tmp_path)
+    manager = a.manager = a.agent.manager = SlowUpdates()
+    a.start()
+    try:
+        await kube_api.create_ct(NS, "calls", SPEC)
+        await assign(kube_api, "calls", "node-a")
+        await eventually(lambda: node_status(kube_api, "calls").get("phase") == "Running")
+        spec = {**SPEC, "capture": {**SPEC["capture"], "bpfFilter": "udp port 5080"}}
+        await kube_api.client.merge_patch(ct_path(NS, "calls"), {"spec": spec})
+        await asyncio.sleep(0.6)  # heartbeats (0.2 s) while the task restarts
+        st = node_status(kube_api, "calls")
+        assert (st["phase"], st["observedGeneration"]) == ("Running", 1)
+        manager.done.set()
+        await eventually(lambda: node_status(kube_api, "calls").get("observedGeneration") == 2)
+        # An edit the task does not see (the node selector) is acknowledged at once too.
+        a.agent.heartbeat_s = 60.0
+        await kube_api.client.merge_patch(
+            ct_path(NS, "calls"), {"spec": {"nodeSelector": {"matchLabels": {"a": "b"}}}}
+        )
+        await eventually(lambda: node_status(kube_api, "calls").get("observedGeneration") == 3,
+                         1.0)  # fmt: skip
     finally:
         await a.stop()
