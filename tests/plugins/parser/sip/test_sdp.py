@@ -112,6 +112,20 @@ def test_odd_connection_lines() -> None:
     assert parse_sdp("v=0\r\nc= IN  IP4  10.9.9.9\r\n")["connection"] == "10.9.9.9"
 
 
+def test_connection_is_a_line_not_a_substring() -> None:
+    # "c=" inside an attribute is no connection line: the media has none, the session's stands.
+    body = (
+        "v=0\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+        "m=audio 4000 RTP/AVP 0\r\na=ssrc:1 cname:abc=IN IP4 203.0.113.9\r\n"
+        "m=video 4002 RTP/AVP 96\r\na=fmtp:96 profile-level-id=42e01f\r\n"
+        "c=IN IP6 2001:db8::7\r\n"
+    )
+    got = parse_sdp(body)
+    assert got["connection"] == "192.0.2.1"
+    assert [m["connection"] for m in got["media"]] == [None, "2001:db8::7"]
+    assert parse_sdp("v=0\r\nc=IN IP4 198.51.100.1")["connection"] == "198.51.100.1"  # no CRLF
+
+
 def test_media_are_bounded() -> None:
     body = "v=0\r\n" + "m=audio 1 RTP/AVP 0\r\n" * (MAX_MEDIA + 10)
     assert len(media(body)) == MAX_MEDIA
