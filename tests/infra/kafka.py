@@ -447,11 +447,9 @@ def _skip_without_java() -> None:
         pytest.skip(f"needs {', '.join(missing)} on PATH to run a real Kafka broker")
 
 
-@pytest.fixture(scope="session")
-def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    """A Kafka broker for the whole session; skips only when java (or mvn, uncached) is missing."""
+def _running(broker: KafkaBroker) -> Iterator[KafkaBroker]:
+    """Start ``broker`` for a fixture (a failed start fails the test), stop it afterwards."""
     _skip_without_java()
-    broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
     try:
         broker.start()
     except KafkaBrokerError as e:
@@ -460,6 +458,12 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A Kafka broker for the whole session; skips only when java (or mvn, uncached) is missing."""
+    yield from _running(KafkaBroker(tmp_path_factory.mktemp("kafka")))
 
 
 @pytest.fixture(scope="module")
@@ -467,19 +471,8 @@ def kafka_broker_no_autocreate(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[KafkaBroker]:
     """A second broker that creates no topic on first use, as production clusters often do not."""
-    _skip_without_java()
-    broker = KafkaBroker(
-        tmp_path_factory.mktemp("kafka-strict"),
-        extra_config={"auto.create.topics.enable": "false"},
-    )
-    try:
-        broker.start()
-    except KafkaBrokerError as e:
-        pytest.fail(str(e), pytrace=False)
-    try:
-        yield broker
-    finally:
-        broker.stop()
+    strict = {"auto.create.topics.enable": "false"}
+    yield from _running(KafkaBroker(tmp_path_factory.mktemp("kafka-strict"), extra_config=strict))
 
 
 async def read_topic(bootstrap: str, topic: str, within_s: float = 30.0) -> list[Any]:
