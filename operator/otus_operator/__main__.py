@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 
@@ -12,8 +13,20 @@ import kopf
 from otus.core.errors import OtusError
 from otus.core.kube import KubeConfig
 from otus_operator.handlers import OperatorConfig, State, registry
+from otus_operator.selector import parse_selector
 
 __all__ = ["main"]
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (options and their environment variables)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -32,24 +45,28 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--agent-selector",
         default=env("OTUS_AGENT_SELECTOR", "app.kubernetes.io/name=otus-agent"),
-        help="label selector of agent pods",
+        help="label selector of agent pods (=, ==, !=, in, notin, key, !key)",
     )
     ap.add_argument(
         "--heartbeat-timeout",
-        type=float,
-        default=float(env("OTUS_HEARTBEAT_TIMEOUT", "30")),
+        type=_seconds,
+        default=env(
+            "OTUS_HEARTBEAT_TIMEOUT", "30"
+        ),  # argparse converts a str default: a bad one is one line
         help="seconds without an agent report before its node is Unknown",
     )
     ap.add_argument(
         "--resync",
-        type=float,
-        default=float(env("OTUS_RESYNC", "5")),
+        type=_seconds,
+        default=env("OTUS_RESYNC", "5"),  # argparse converts a str default: a bad one is one line
         help="seconds between re-aggregations of a task's status",
     )
     ap.add_argument(
         "--delete-timeout",
-        type=float,
-        default=float(env("OTUS_DELETE_TIMEOUT", "60")),
+        type=_seconds,
+        default=env(
+            "OTUS_DELETE_TIMEOUT", "60"
+        ),  # argparse converts a str default: a bad one is one line
         help="longest wait for agents to stop before a deleted task is released",
     )
     ap.add_argument(
@@ -64,6 +81,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Parse options and run kopf until SIGTERM."""
     args = _args(argv)
+    try:
+        parse_selector(args.agent_selector)
+    except ValueError as e:
+        print(f"otus-operator: --agent-selector {args.agent_selector!r}: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -4,13 +4,14 @@
 - Agent pods are watched by :class:`AgentWatcher` (our own list+watch, namespaced with a
   server-side label selector) rather than a kopf index: kopf's namespace scope is global, and
   CaptureTasks live in every namespace, so a kopf pod index would watch every pod in the
-  cluster and need cluster-wide pod RBAC.
+  cluster and need cluster-wide pod RBAC. Its selector (any label selector string) is sent to
+  the server and applied here too.
 - ``reconcile`` (daemon, one per CaptureTask): validates the spec with the pydantic model,
-  assigns nodes (holding the assignment on an invalid edit, and until the agent pods are
-  listed), marks silent nodes ``Unknown``, aggregates conditions and totals, and patches
-  ``/status`` (JSON merge patch; the operator is the only writer of everything but
-  ``status.nodes``). It runs at once on a change of the task, of a node or of an agent pod, and
-  at least every ``resync_s``.
+  assigns nodes (at most ``max_nodes``; holding the assignment on an invalid edit, and until
+  the agent pods are listed), marks silent or never-reporting nodes ``Unknown``, aggregates
+  conditions and totals, and patches ``/status`` (JSON merge patch; the operator is the only
+  writer of everything but ``status.nodes``). It runs at once on a change of the task, of a
+  node or of an agent pod, and at least every ``resync_s``.
 - ``drain`` (deletion, holds the finalizer): waits until every agent that ran the task wrote
   ``phase: Stopped`` (they flush their reporters first), at most ``delete_timeout_s``, then
   releases with an Event either way.
@@ -28,18 +29,20 @@ from typing import Any
 
 import kopf
 
-from otus.control.kubernetes.model import GROUP, PLURAL, VERSION, LabelSelector
+from otus.control.kubernetes.model import GROUP, MAX_NODES, PLURAL, VERSION, LabelSelector
 from otus.core.errors import SpecError
 from otus.core.kube import ApiError, KubeClient, KubeConfig, Reflector
 from otus_operator.logic import (
     Silence,
     assign,
+    cap,
     hold,
     merge_conditions,
     plan_status,
     rfc3339,
     waiting_nodes,
 )
+from otus_operator.selector import parse_selector
 
 __all__ = ["AgentWatcher", "OperatorConfig", "State", "registry"]
 
@@ -59,6 +62,7 @@ class OperatorConfig:
     heartbeat_timeout_s: float = 30.0
     resync_s: float = 5.0
     delete_timeout_s: float = 60.0
+    max_nodes: int = MAX_NODES  # per CaptureTask; the CRD allows no more
 
 
 @dataclass
@@ -80,19 +84,11 @@ class State:
             ev.set()
 
 
-def _selector_matches(selector: str, labels: Mapping[str, str]) -> bool:
-    for term in filter(None, (t.strip() for t in selector.split(","))):
-        k, _, v = term.partition("=")
-        if labels.get(k.strip()) != v.strip().lstrip("="):
-            return False
-    return True
-
-
 class AgentWatcher:
     """Agent pods of one namespace: node name -> whether an agent pod there is ready."""
 
     def __init__(self, client: KubeClient, namespace: str, selector: str, state: State) -> None:
-        self.selector = selector
+        self.selector = parse_selector(selector)
         self.state = state
         self.reflector: Reflector[tuple[str, bool]] = Reflector(
             client,
@@ -105,7 +101,7 @@ class AgentWatcher:
     def _reduce(self, pod: dict[str, Any]) -> tuple[str, bool] | None:
         meta = pod.get("metadata") or {}
         node = (pod.get("spec") or {}).get("nodeName")
-        if not node or not _selector_matches(self.selector, meta.get("labels") or {}):
+        if not node or not self.selector.matches(meta.get("labels") or {}):
             return None  # the selector is applied here too (some servers ignore it)
         conditions = (pod.get("status") or {}).get("conditions") or []
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
@@ -269,9 +265,10 @@ async def _reconcile_once(
     agents = state.agents.nodes() if state.agents.synced else None
     current = list(status.get("assignedNodes") or [])
     if errors is None and agents is not None:
-        assigned = assign(selector, node_labels, agents, current)
+        eligible = assign(selector, node_labels, agents, current)
+        assigned = cap(eligible, current, state.config.max_nodes)
     else:  # an invalid edit is not applied; unlisted agent pods are not absent ones
-        assigned = hold(current, node_labels, agents)
+        eligible = assigned = hold(current, node_labels, agents)
     now = time.time()
     key = f"{meta.get('namespace')}/{meta.get('name')}"
     plan = plan_status(
@@ -282,7 +279,8 @@ async def _reconcile_once(
         generation=meta.get("generation"),
         now=now,
         heartbeat_timeout=state.config.heartbeat_timeout_s,
-        seen=state.silence.observe(key, status.get("nodes") or {}, now),
+        seen=state.silence.observe(key, status.get("nodes") or {}, now, assigned),
+        matching=len(eligible),
     )
     new = dict(plan.status)
     new["conditions"] = merge_conditions(

@@ -6,18 +6,19 @@ Kept apart from the kopf handlers so the rules are readable and tested without a
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from otus.control.kubernetes.model import LabelSelector
+from otus.control.kubernetes.model import LabelSelector, node_message
 
 __all__ = [
     "CLOCK_SKEW_S",
     "Plan",
     "Silence",
     "assign",
+    "cap",
     "heartbeat_age",
     "hold",
     "merge_conditions",
@@ -26,9 +27,9 @@ __all__ = [
     "waiting_nodes",
 ]
 
-_ACTIVE = frozenset({"Starting", "Running", "Paused", "Stopping", "Failed"})
 _FINAL = frozenset({"Stopped", "Unknown"})
 CLOCK_SKEW_S = 60.0  # how far ahead of ours a node's clock may be before its stamps mean nothing
+_LISTED = 20  # nodes a condition message names; the others are counted
 
 
 def rfc3339(ts: float) -> str:
@@ -59,17 +60,22 @@ class Silence:
 
     The agent rewrites its entry with every heartbeat, so an entry that stays the same tells
     how long its node has been silent by the operator's own clock, whatever the node's says.
+    An assigned node without an entry is timed from when this operator first saw it assigned.
     """
 
     def __init__(self) -> None:
         self._seen: dict[str, dict[str, tuple[str, float]]] = {}
 
-    def observe(self, key: str, nodes: Mapping[str, Any], now: float) -> dict[str, float]:
-        """Record ``status.nodes`` of a CaptureTask; node -> when its entry last changed."""
+    def observe(
+        self, key: str, nodes: Mapping[str, Any], now: float, assigned: Iterable[str] = ()
+    ) -> dict[str, float]:
+        """Record ``status.nodes`` and the assignment; node -> when its entry last changed."""
         old = self._seen.get(key, {})
         new: dict[str, tuple[str, float]] = {}
-        for name, entry in nodes.items():
-            mark = json.dumps(entry, sort_keys=True, default=str)
+        marks = {name: json.dumps(e, sort_keys=True, default=str) for name, e in nodes.items()}
+        for name in assigned:
+            marks.setdefault(name, "")  # no entry yet: no JSON dump is empty
+        for name, mark in marks.items():
             prev = old.get(name)
             new[name] = prev if prev is not None and prev[0] == mark else (mark, now)
         self._seen[key] = new
@@ -99,6 +105,17 @@ def assign(
         if selector.matches(labels) and (agents.get(n) or (n in keep and n in agents))
     ]
     return sorted(out)
+
+
+def cap(eligible: list[str], current: list[str], limit: int) -> list[str]:
+    """At most ``limit`` of the eligible nodes: those assigned already, then the rest by name.
+
+    Nodes already capturing keep their place, so a new node never displaces one.
+    """
+    if len(eligible) <= limit:
+        return eligible
+    keep = set(current)
+    return sorted(sorted(eligible, key=lambda n: (n not in keep, n))[:limit])
 
 
 def hold(
@@ -150,6 +167,30 @@ def _condition(ctype: str, ok: bool, reason: str, message: str, gen: int | None)
     return c
 
 
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:_LISTED])
+    return shown if len(names) <= _LISTED else f"{shown} and {len(names) - _LISTED} more"
+
+
+def _health(
+    name: str, entry: Any, now: float, timeout: float, seen: Mapping[str, float]
+) -> tuple[str, str]:
+    """A node's phase, and why it is Unknown if the operator marks it so now (else "")."""
+    if entry is None:
+        # Never reported: its agent may watch another namespace, or died before its first word.
+        since = seen.get(name)
+        age = 0.0 if since is None else max(0.0, now - since)
+        why = f"assigned, but no report from the agent for {int(age)}s"
+        phase = "Pending"
+    else:
+        age = heartbeat_age(entry, now, seen.get(name))
+        why = f"no report from the agent for {int(age)}s" if age != float("inf") else ""
+        phase = str(entry.get("phase", "Pending"))
+    if phase == "Unknown" or age <= timeout:
+        return phase, ""
+    return "Unknown", node_message(why or "no heartbeat")
+
+
 def plan_status(
     *,
     spec_errors: list[str] | None,
@@ -160,12 +201,16 @@ def plan_status(
     now: float,
     heartbeat_timeout: float,
     seen: Mapping[str, float] | None = None,
+    matching: int | None = None,
 ) -> Plan:
     """Conditions, counts, totals and node marks for one CaptureTask.
 
-    ``seen``: node -> when the operator last saw its entry change (:class:`Silence`). With
-    ``spec_errors``, ``assigned`` is the assignment held from before the edit (:func:`hold`).
-    A node counts as running once its agent reports ``Running`` for ``generation``.
+    ``seen``: node -> when the operator last saw its entry change, or first saw it assigned
+    without one (:class:`Silence`). With ``spec_errors``, ``assigned`` is the assignment held
+    from before the edit (:func:`hold`). ``matching``: how many nodes qualified, when
+    :func:`cap` left some out. A node counts as running once its agent reports ``Running``
+    for ``generation``; an assigned node silent (or never heard of) for ``heartbeat_timeout``
+    is marked ``Unknown``, whatever its last phase.
     """
     seen = seen or {}
     plan = Plan()
@@ -174,17 +219,11 @@ def plan_status(
     behind: dict[str, int] = {}  # node -> the older generation it still reports
     for name in assigned:
         entry = nodes.get(name)
-        if entry is None:
-            phases[name] = "Pending"
-            continue
-        phase = str(entry.get("phase", "Pending"))
-        age = heartbeat_age(entry, now, seen.get(name))
-        if phase in _ACTIVE and age > heartbeat_timeout:
-            phase = "Unknown"
-            msg = f"no report from the agent for {int(age)}s" if age != float("inf") else ""
-            plan.node_patch[name] = {"phase": "Unknown", "message": msg or "no heartbeat"}
+        phase, why = _health(name, entry, now, heartbeat_timeout, seen)
+        if why:
+            plan.node_patch[name] = {"phase": "Unknown", "message": why}
         phases[name] = phase
-        observed = entry.get("observedGeneration")
+        observed = entry.get("observedGeneration") if entry is not None else None
         if phase == "Running" and isinstance(observed, int) and observed < (generation or 0):
             behind[name] = observed
     for name, entry in nodes.items():
@@ -203,6 +242,13 @@ def plan_status(
         for key in ("packets", "sipMessages", "drops")
     }
     gen = generation
+    capped = ""
+    if matching is not None and matching > len(assigned):
+        capped = (
+            f"{matching} nodes match; {len(assigned)} are assigned, the most one CaptureTask "
+            "takes: split the nodeSelector over several CaptureTasks"
+        )
+        plan.event = ("Warning", "TooManyNodes", capped)
     if spec_errors is not None:
         message = "; ".join(spec_errors)
         if assigned:
@@ -218,10 +264,12 @@ def plan_status(
     elif len(running) == len(assigned):
         ready = _condition("Ready", True, "Running", f"{len(running)}/{len(assigned)} nodes", gen)
     else:
-        others = ", ".join(
-            f"{n}: Running generation {behind[n]}" if n in behind else f"{n}: {p}"
-            for n, p in sorted(phases.items())
-            if p != "Running" or n in behind
+        others = _listing(
+            [
+                f"{n}: Running generation {behind[n]}" if n in behind else f"{n}: {p}"
+                for n, p in sorted(phases.items())
+                if p != "Running" or n in behind
+            ]
         )
         updating = len(running) + len(behind) == len(assigned)
         ready = _condition(
@@ -233,10 +281,11 @@ def plan_status(
             else f"{len(running)}/{len(assigned)} nodes running; {others}",
             gen,
         )
-    if failed or unknown:
-        parts = [f"failed: {', '.join(failed)}"] if failed else []
-        parts += [f"not reporting: {', '.join(unknown)}"] if unknown else []
-        reason = "NodesFailed" if failed else "NodesUnknown"
+    if failed or unknown or capped:
+        parts = [f"failed: {_listing(failed)}"] if failed else []
+        parts += [f"not reporting: {_listing(unknown)}"] if unknown else []
+        parts += [capped] if capped else []
+        reason = "NodesFailed" if failed else "NodesUnknown" if unknown else "TooManyNodes"
         degraded = _condition("Degraded", True, reason, "; ".join(parts), gen)
     else:
         degraded = _condition("Degraded", False, "AsExpected", "", gen)

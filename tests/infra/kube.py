@@ -173,8 +173,10 @@ class KubeApi:
         patch = {**dict.fromkeys(old), **labels}
         await self.client.merge_patch(f"/api/v1/nodes/{name}", {"metadata": {"labels": patch}})
 
-    async def agent_pod(self, namespace: str, node: str, *, ready: bool = True) -> None:
-        """Create or update the agent pod of a node."""
+    async def agent_pod(
+        self, namespace: str, node: str, *, ready: bool = True, labels: dict[str, str] | None = None
+    ) -> None:
+        """Create or update the agent pod of a node (``labels`` beside the agent's own)."""
         name = f"otus-agent-{node}"
         cond = [{"type": "Ready", "status": "True" if ready else "False"}]
         if self.obj("v1/pods", namespace, name) is None:
@@ -184,7 +186,7 @@ class KubeApi:
                     "metadata": {
                         "name": name,
                         "namespace": namespace,
-                        "labels": {"app.kubernetes.io/name": "otus-agent"},
+                        "labels": {"app.kubernetes.io/name": "otus-agent", **(labels or {})},
                     },
                     "spec": {"nodeName": node},
                     "status": {"conditions": cond},

@@ -78,11 +78,14 @@ class Cluster:
             await self.api.agent_pod(AGENT_NS, name)
             self.start_agent(name)
 
-    def start_agent(self, node: str, *, goodbye: bool = False) -> None:
+    def start_agent(
+        self, node: str, *, goodbye: bool = False, namespace: str | None = None
+    ) -> None:
         manager = self.managers.setdefault(node, FakeTaskManager())
         agent = KubernetesAgent(
             manager,
             node_name=node,
+            namespace=namespace,
             kubeconfig=self.api.kubeconfig,
             runtime_dir=self.tmp / node,
             heartbeat_s=0.3,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from otus_operator.logic import (
     Silence,
     assign,
+    cap,
     hold,
     merge_conditions,
     plan_status,
@@ -12,7 +13,7 @@ from otus_operator.logic import (
     waiting_nodes,
 )
 
-from otus.control.kubernetes.model import LabelSelector
+from otus.control.kubernetes.model import MAX_NODES, LabelSelector
 
 NOW = 1_800_000_000.0
 NODES = {"a": {"sip": "1"}, "b": {"sip": "1"}, "c": {}}
@@ -156,3 +157,81 @@ def test_silence_times_entries_from_their_last_change() -> None:
     assert silence.observe("ns/t", {}, NOW + 70) == {}
     silence.forget("ns/t")
     assert silence.observe("ns/t", nodes, NOW + 80) == {"a": NOW + 80}
+
+
+def test_more_matching_nodes_than_a_task_holds_are_capped_and_said_so() -> None:
+    many = {f"n{i:04d}": {"sip": "1"} for i in range(MAX_NODES + 5)}
+    agents = dict.fromkeys(many, True)
+    sel = LabelSelector.model_validate({"matchLabels": {"sip": "1"}})
+    eligible = assign(sel, many, agents, [])
+    assigned = cap(eligible, [], MAX_NODES)
+    assert assigned == sorted(many)[:MAX_NODES]  # the first ones by name
+    # Nodes already capturing keep their place: a new one never displaces them.
+    current = sorted(many)[5:]
+    assert cap(eligible, current, MAX_NODES) == current
+    status = {"nodes": {n: entry("Running") for n in assigned}}
+    plan = plan_status(spec_errors=None, paused=False, assigned=assigned, status=status,
+                       generation=1, now=NOW, heartbeat_timeout=30,
+                       matching=len(eligible))  # fmt: skip
+    ready, degraded = plan.status["conditions"]
+    assert ready["status"] == "True" and plan.status["targetedNodes"] == MAX_NODES
+    message = f"{MAX_NODES + 5} nodes match; {MAX_NODES} are assigned"
+    assert (degraded["status"], degraded["reason"]) == ("True", "TooManyNodes")
+    assert degraded["message"].startswith(message)
+    assert plan.event is not None and plan.event[:2] == ("Warning", "TooManyNodes")
+    assert plan.event[2].startswith(message)
+
+
+def test_condition_messages_name_a_bounded_number_of_nodes() -> None:
+    names = [f"n{i:03d}" for i in range(100)]
+    status = {"nodes": {n: entry("Failed") for n in names}}
+    plan = plan_status(spec_errors=None, paused=False, assigned=names, status=status,
+                       generation=1, now=NOW, heartbeat_timeout=30)  # fmt: skip
+    ready, degraded = plan.status["conditions"]
+    assert ready["message"].endswith("n019: Failed and 80 more")
+    assert degraded["message"].endswith("n019 and 80 more")
+
+
+def test_an_assigned_node_that_never_reports_turns_unknown_after_the_timeout() -> None:
+    silence = Silence()
+    status = {"nodes": {"a": entry("Running")}}
+    seen = silence.observe("ns/t", status["nodes"], NOW - 60, ["a", "b"])
+    assert seen["b"] == NOW - 60  # b: assigned, no entry yet
+    plan = plan_status(spec_errors=None, paused=False, assigned=["a", "b"], status=status,
+                       generation=1, now=NOW - 59, heartbeat_timeout=30, seen=seen)  # fmt: skip
+    assert plan.node_patch == {}  # just assigned: its agent is starting the task
+    assert "b: Pending" in plan.status["conditions"][0]["message"]
+    assert plan.status["conditions"][1]["reason"] == "AsExpected"
+    seen = silence.observe("ns/t", status["nodes"], NOW, ["a", "b"])
+    plan = plan_status(spec_errors=None, paused=False, assigned=["a", "b"], status=status,
+                       generation=1, now=NOW, heartbeat_timeout=30, seen=seen)  # fmt: skip
+    assert plan.node_patch == {
+        "b": {"phase": "Unknown", "message": "assigned, but no report from the agent for 60s"}
+    }
+    ready, degraded = plan.status["conditions"]
+    assert "b: Unknown" in ready["message"]
+    assert (degraded["status"], degraded["reason"]) == ("True", "NodesUnknown")
+    assert degraded["message"] == "not reporting: b"
+
+
+def test_a_restarted_operator_times_a_silent_assignment_from_its_start() -> None:
+    silence = Silence()  # a new operator: it cannot know when b was assigned
+    status = {"assignedNodes": ["b"]}
+    seen = silence.observe("ns/t", {}, NOW, ["b"])
+    plan = plan_status(spec_errors=None, paused=False, assigned=["b"], status=status,
+                       generation=1, now=NOW, heartbeat_timeout=30, seen=seen)  # fmt: skip
+    assert plan.node_patch == {}
+    seen = silence.observe("ns/t", {}, NOW + 31, ["b"])
+    plan = plan_status(spec_errors=None, paused=False, assigned=["b"], status=status,
+                       generation=1, now=NOW + 31, heartbeat_timeout=30, seen=seen)  # fmt: skip
+    assert plan.node_patch["b"]["phase"] == "Unknown"
+
+
+def test_an_assigned_node_left_stopped_by_its_agent_turns_unknown() -> None:
+    # The agent said goodbye ("agent shutting down"); its pod remains but never comes back.
+    status = {"nodes": {"a": entry("Stopped", age=45)}}
+    plan = plan_status(spec_errors=None, paused=False, assigned=["a"], status=status,
+                       generation=1, now=NOW, heartbeat_timeout=30)  # fmt: skip
+    assert plan.node_patch["a"] == {"phase": "Unknown",
+                                    "message": "no report from the agent for 45s"}  # fmt: skip
+    assert plan.status["conditions"][1]["reason"] == "NodesUnknown"

@@ -30,21 +30,23 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from otus.control.kubernetes.model import (
     API_VERSION,
     PLURAL,
     CaptureTaskSpec,
     is_agent_task_id,
+    node_message,
     parse_capture_task,
     task_id_for,
 )
 from otus.control.kubernetes.secrets import prune_secret_dirs, resolve_secrets
+from otus.control.kubernetes.tasks import TaskManagerLike, phase_of, reason_of, state_of
 from otus.core.aio import cancel_requested
 from otus.core.errors import OtusError, SpecError, TaskError, TaskExistsError, TaskNotFoundError
 from otus.core.kube import ApiError, KubeClient, KubeConfig, Reflector
@@ -55,52 +57,10 @@ __all__ = ["KubernetesAgent", "TaskManagerLike", "now_rfc3339"]
 
 log = logging.getLogger(__name__)
 
-_PHASES = {
-    "created": "Starting",
-    "starting": "Starting",
-    "running": "Running",
-    "stopping": "Stopping",
-    "stopped": "Stopped",
-    "failed": "Failed",
-}
-
-
-class TaskManagerLike(Protocol):
-    """The part of ``otus.task.manager.TaskManager`` the agent uses."""
-
-    async def create(self, spec: TaskSpec) -> Any:
-        """Start a task."""
-        ...
-
-    async def update(self, spec: TaskSpec) -> Any:
-        """Replace a task's spec (stop + start)."""
-        ...
-
-    async def delete(self, task_id: str) -> Any:
-        """Stop a task, flush its reporters, forget it."""
-        ...
-
-    def status(self, task_id: str) -> Any:
-        """A TaskInfo: ``state``, ``reason``, ``stats``."""
-        ...
-
-    def list(self) -> Any:
-        """Every task's TaskInfo."""
-        ...
-
-    def subscribe(self, callback: Callable[[Any], None]) -> Any:
-        """Call ``callback(TaskInfo)`` on each state change."""
-        ...
-
 
 def now_rfc3339() -> str:
     """The current time as a ``metav1.Time``."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _state(info: Any) -> str:
-    state = getattr(info, "state", "")
-    return str(getattr(state, "value", state)).lower()
 
 
 @dataclass
@@ -223,10 +183,10 @@ class KubernetesAgent:
         entry = self.entries.get(key) if key else None
         if entry is None or entry.spec is None:
             return
-        phase = _PHASES.get(_state(info), "Running")
+        phase = phase_of(info)
         if phase != entry.phase:
             entry.phase = phase
-            entry.message = str(getattr(info, "reason", None) or entry.warning)
+            entry.message = node_message(reason_of(info) or entry.warning)
             self._report_now.set()
 
     async def _await_sync(self, synced: asyncio.Event) -> None:
@@ -325,8 +285,8 @@ class KubernetesAgent:
         try:
             cts = parse_capture_task(obj["spec"])
         except SpecError as e:
-            # Short: every node repeats it in the one object; the Ready condition lists it all.
-            await self._invalid(entry, obj["spec"], _one_line(e)[:256])
+            # Cut short (node_message): every node repeats it; the Ready condition has it all.
+            await self._invalid(entry, obj["spec"], _why(e))
             return
         if cts.paused:
             await self._stop(entry)
@@ -341,21 +301,21 @@ class KubernetesAgent:
                 self.client, self.secrets_dir, entry.namespace, entry.task_id, cts
             )
         except (OtusError, ApiError) as e:
-            await self._cannot_build(entry, _one_line(e), "running with the Secret as it was")
+            await self._cannot_build(entry, _why(e), "running with the Secret as it was")
             return
         try:
             spec = cts.to_task_spec(entry.task_id, resolved)
         except OtusError as e:
-            await self._cannot_build(entry, _one_line(e), "running the previous spec")
+            await self._cannot_build(entry, _why(e), "running the previous spec")
             return
         entry.warning = ""
         info = self._info(entry.task_id) if entry.spec is not None else None
         if info is None:
             entry.spec = None  # not started, or removed behind our back: start it
-        elif entry.spec == spec and _state(info) != "failed":
+        elif entry.spec == spec and state_of(info) != "failed":
             # Nothing to change: report what the task does (this also clears a warning).
             entry.retry_at, entry.retry_s = 0.0, 0.0
-            await self._set(entry, _PHASES.get(_state(info), "Running"), _reason(info))
+            await self._set(entry, phase_of(info), reason_of(info))
             return
         attempt = (entry.generation, spec.model_dump_json())
         if entry.failed_key == attempt and entry.retry_at:
@@ -372,20 +332,20 @@ class KubernetesAgent:
             entry.spec = None
             entry.failed_key = attempt
             self._retry_later(entry)
-            await self._set(entry, "Failed", _one_line(e))
+            await self._set(entry, "Failed", str(e))
             return
         entry.failed_key, entry.retry_at, entry.retry_s = None, 0.0, 0.0
         entry.spec = spec
         self._swap_secrets(entry, secret_dir)
-        await self._set(entry, _PHASES.get(_state(info), "Running"), "")
+        await self._set(entry, phase_of(info), "")
 
     async def _invalid(self, entry: _Entry, raw: Any, error: str) -> None:
         """An invalid edit is not applied: what this agent runs goes on; ``paused`` stops it."""
         paused = isinstance(raw, Mapping) and raw.get("paused") is True
         info = self._info(entry.task_id) if entry.spec is not None and not paused else None
-        if info is not None and _state(info) not in ("failed", "stopped"):
-            entry.warning = f"{error}; running the previous spec"
-            await self._set(entry, _PHASES.get(_state(info), "Running"), entry.warning)
+        if info is not None and state_of(info) not in ("failed", "stopped"):
+            entry.warning = node_message(error, "; running the previous spec")
+            await self._set(entry, phase_of(info), entry.warning)
             return
         await self._stop(entry)  # a restored task too: nothing says it ran the last valid spec
         await self._set(entry, *(("Paused", "paused") if paused else ("Failed", error)))
@@ -394,12 +354,12 @@ class KubernetesAgent:
         """The spec cannot be built now: a running task goes on as it is; else say why."""
         self._retry_later(entry)  # Secrets are not watched: look again soon
         info = self._info(entry.task_id) if entry.spec is not None else None
-        if info is None or _state(info) in ("failed", "stopped"):
+        if info is None or state_of(info) in ("failed", "stopped"):
             await self._set(entry, "Failed", error)
             return
         # A capture that runs must not be reported Failed; the message tells what is wrong.
-        entry.warning = warning = f"{error}; {going_on}"
-        await self._set(entry, _PHASES.get(_state(info), "Running"), warning)
+        entry.warning = warning = node_message(error, f"; {going_on}")
+        await self._set(entry, phase_of(info), warning)
 
     def _retry_later(self, entry: _Entry) -> None:
         entry.retry_s = min(max(2 * entry.retry_s, self.retry_min_s), self.retry_max_s)
@@ -434,6 +394,7 @@ class KubernetesAgent:
 
     async def _set(self, entry: _Entry, phase: str, message: str, *, report: bool = True) -> None:
         # The decision for this generation is made: from now on reports say they are about it.
+        message = node_message(message)  # as reported, so an unchanged one is not rewritten
         entry.phase, entry.message, entry.decided = phase, message, entry.generation
         changed = phase != entry.reported_phase or message != entry.extra.get("message")
         if report and (changed or entry.decided != entry.reported_generation):
@@ -450,7 +411,7 @@ class KubernetesAgent:
             "sipMessages": int(stats.get("parse.messages", 0)),
             "drops": sum(drops(stats).values()),
             "lastHeartbeat": now_rfc3339(),
-            "message": entry.message[:1024],
+            "message": node_message(entry.message),
             "observedGeneration": entry.decided,
             "taskId": entry.task_id,
         }
@@ -505,9 +466,6 @@ async def _wait(event: asyncio.Event, seconds: float) -> None:
             await event.wait()
 
 
-def _reason(info: Any) -> str:
-    return str(getattr(info, "reason", None) or "")
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())[:1024]
+def _why(e: BaseException) -> str:
+    """What is wrong, without a SpecError's heading: a node message has little room."""
+    return "; ".join(e.errors) if isinstance(e, SpecError) and e.errors else str(e)

@@ -51,6 +51,8 @@ __all__ = [
     "GROUP",
     "INLINE_FORBIDDEN",
     "KIND",
+    "MAX_NODES",
+    "NODE_MESSAGE_MAX",
     "PLURAL",
     "SECRET_FIELDS",
     "UNRESOLVED_DIR",
@@ -65,6 +67,7 @@ __all__ = [
     "SecretRef",
     "Totals",
     "is_agent_task_id",
+    "node_message",
     "parse_capture_task",
     "task_id_for",
 ]
@@ -75,7 +78,15 @@ PLURAL = "capturetasks"
 KIND = "CaptureTask"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-MAX_NODES = 5000  # the status holds one entry per node; ~250 bytes each stays far below 1.5 MB
+# The most nodes one CaptureTask runs on. status.nodes holds an entry per node, and the object
+# must fit one etcd request (1.5 MiB by default; beyond it every write fails with "etcdserver:
+# request is too large"). Measured on a real API server, an entry at its largest (63-character
+# node name, 15-digit counters, a NODE_MESSAGE_MAX message) costs ~0.75 KB stored with its
+# assignedNodes item, ~0.21 KB of it managedFields (which the server drops rather than fail a
+# write): 2000 of them plus two conditions at their largest store as 1.51 MB, 1.08 MB without
+# managedFields. The operator assigns at most this many nodes and says so when more match.
+MAX_NODES = 2000
+NODE_MESSAGE_MAX = 128  # every node may carry one (an invalid edit: all of them): kept short
 UNRESOLVED_DIR = "/run/otus/secrets/unresolved"
 
 Phase = Literal[
@@ -401,9 +412,18 @@ class NodeStatus(SpecModel):
     sip_messages: int = Field(default=0, ge=0)
     drops: int = Field(default=0, ge=0)
     last_heartbeat: Timestamp | None = None
-    message: str = Field(default="", max_length=1024)
+    message: str = Field(default="", max_length=NODE_MESSAGE_MAX)
     observed_generation: int | None = Field(default=None, ge=0)
     task_id: str | None = Field(default=None, max_length=63)
+
+
+def node_message(text: str, keep: str = "") -> str:
+    """``text`` on one line, cut to fit a node entry with ``keep`` whole at its end."""
+    text = " ".join(text.split())
+    room = NODE_MESSAGE_MAX - len(keep)
+    if len(text) > room:
+        text = text[: max(0, room - 3)].rstrip() + "..."
+    return (text + keep)[:NODE_MESSAGE_MAX]
 
 
 class Totals(SpecModel):

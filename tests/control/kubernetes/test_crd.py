@@ -16,10 +16,16 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from e2e.infra.tools import ToolError
 from otus.control.kubernetes.crd import CRD_FILE, build_crd, render_crd
-from otus.control.kubernetes.model import parse_capture_task
+from otus.control.kubernetes.model import (
+    CaptureTaskStatus,
+    Condition,
+    NodeStatus,
+    parse_capture_task,
+)
 from otus.core.kube import ApiError, KubeClient, KubeConfig, Reflector
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -238,3 +244,38 @@ async def test_real_apiserver_client_watch_and_status_merge(apiserver: Any) -> N
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
+
+
+def _max_length(model: type[BaseModel], name: str) -> int:
+    (bound,) = [m.max_length for m in model.model_fields[name].metadata if hasattr(m, "max_length")]
+    return int(bound)
+
+
+@pytest.mark.slow
+async def test_real_apiserver_stores_a_capturetask_at_its_largest(apiserver: Any) -> None:
+    """As many nodes as the CRD allows, every entry at its largest, fit etcd's 1.5 MiB."""
+    count, message = _max_length(CaptureTaskStatus, "nodes"), _max_length(NodeStatus, "message")
+    names = [f"node-{i:05d}".ljust(63, "x") for i in range(count)]  # a DNS label at its longest
+    big = 10**15 - 1
+    entry = {"phase": "Failed", "packets": big, "sipMessages": big, "drops": big,
+             "lastHeartbeat": "2030-01-01T00:00:00Z", "message": "m" * message,
+             "observedGeneration": 123456, "taskId": "t" * 63}  # fmt: skip
+    conditions = [
+        {"type": t, "status": "False", "reason": "NodesNotRunning", "observedGeneration": 123456,
+         "lastTransitionTime": "2030-01-01T00:00:00Z", "message": "c" * _max_length(Condition,
+         "message")} for t in ("Ready", "Degraded")
+    ]  # fmt: skip
+    config = KubeConfig.from_kubeconfig(apiserver.kubeconfig)
+    path = "/apis/otus.firestige.xyz/v1alpha1/namespaces/default/capturetasks"
+    async with KubeClient(config) as client:
+        await client.create(path, _with("largest"))
+        operator = {"assignedNodes": names, "targetedNodes": count, "conditions": conditions,
+                    "totals": {"packets": big, "sipMessages": big, "drops": big}}  # fmt: skip
+        await client.merge_patch(f"{path}/largest/status", {"status": operator})
+        for i in range(0, count, 250):  # the agents' reports, merged as they write them
+            nodes = dict.fromkeys(names[i : i + 250], entry)
+            await client.merge_patch(f"{path}/largest/status", {"status": {"nodes": nodes}})
+        obj = await client.get(f"{path}/largest")
+    assert len(obj["status"]["nodes"]) == count
+    # Stored with its managedFields: the server did not have to drop them to make it fit.
+    assert obj["metadata"].get("managedFields")

@@ -8,10 +8,12 @@ from typing import Any
 import pytest
 
 from otus.control.kubernetes.model import (
+    NODE_MESSAGE_MAX,
     REPORTER_ENTRIES,
     UNRESOLVED_DIR,
     LabelSelector,
     is_agent_task_id,
+    node_message,
     parse_capture_task,
     task_id_for,
 )
@@ -135,3 +137,10 @@ def test_reporters_without_credentials_take_no_secret_ref() -> None:
         parse_capture_task(
             {**BASE, "reporters": [{"type": "console", "secretRef": {"name": "x", "caKey": "c"}}]}
         )
+
+
+def test_node_messages_are_one_short_line_that_keeps_its_ending() -> None:
+    assert node_message("cannot open eth9:\n  no such device") == "cannot open eth9: no such device"
+    msg = node_message("a problem " * 50, "; running the previous spec")
+    assert len(msg) == NODE_MESSAGE_MAX
+    assert msg.startswith("a problem a problem") and msg.endswith("...; running the previous spec")
