@@ -200,9 +200,15 @@ class KubeApi:
 
 
 async def eventually(
-    check: Callable[[], Any], within: float = 10.0, interval: float = 0.05, what: str = ""
+    check: Callable[[], Any],
+    within: float = 10.0,
+    interval: float = 0.05,
+    what: str | Callable[[], str] = "",
 ) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``within`` s."""
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``within`` s.
+
+    ``what`` may be a callable, to describe the state at the failure rather than before the wait.
+    """
     deadline = time.monotonic() + within
     last: Any = None
     while time.monotonic() < deadline:
@@ -212,7 +218,8 @@ async def eventually(
         if last:
             return last
         await asyncio.sleep(interval)
-    pytest.fail(f"not within {within}s: {what or check}")
+    told = what() if callable(what) else what
+    pytest.fail(f"not within {within}s: {told or check}")
 
 
 @pytest_asyncio.fixture

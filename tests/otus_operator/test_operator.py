@@ -43,7 +43,9 @@ async def ready(c: Cluster, name: str, running: int, within: float = 10.0) -> di
         st = status(c, name)
         return condition(c, name).get("status") == "True" and st.get("runningNodes") == running
 
-    await eventually(check, within, what=f"{name} Ready with {running} nodes: {status(c, name)}")
+    await eventually(
+        check, within, what=lambda: f"{name} Ready with {running} nodes: {status(c, name)}"
+    )
     return status(c, name)
 
 
