@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -158,19 +160,26 @@ async def test_restored_tasks_without_their_capturetask_are_removed(
         await a.stop()
 
 
-async def test_restored_task_of_a_paused_capturetask_is_stopped(
-    kube_api: KubeApi, tmp_path: Path
-) -> None:
-    await kube_api.create_ct(NS, "calls", {**SPEC, "paused": True})
+@contextlib.asynccontextmanager
+async def restored(kube_api: KubeApi, tmp_path: Path, ct_spec: Any) -> AsyncIterator[Agent]:
+    """An agent whose state file restored ``sip.calls`` (as SPEC), ``calls`` now ``ct_spec``."""
+    await kube_api.create_ct(NS, "calls", ct_spec)
     await assign(kube_api, "calls", "node-a")
     a = Agent(kube_api, "node-a", tmp_path)
     await a.manager.create(parse_capture_task(SPEC).to_task_spec("sip.calls"))
     a.start()
     try:
-        await eventually(lambda: node_status(kube_api, "calls").get("phase") == "Paused")
-        assert a.manager.tasks == {} and a.manager.flushed == ["sip.calls"]
+        yield a
     finally:
         await a.stop()
+
+
+async def test_restored_task_of_a_paused_capturetask_is_stopped(
+    kube_api: KubeApi, tmp_path: Path
+) -> None:
+    async with restored(kube_api, tmp_path, {**SPEC, "paused": True}) as a:
+        await eventually(lambda: node_status(kube_api, "calls").get("phase") == "Paused")
+        assert a.manager.tasks == {} and a.manager.flushed == ["sip.calls"]
 
 
 BAD_FILTER = [{"type": "filter", "config": {"keepIf": "sip.method =="}}]
@@ -200,17 +209,10 @@ async def test_invalid_edit_is_not_applied(kube_api: KubeApi, agent: Agent) -> N
 
 
 async def test_invalid_spec_stops_a_restored_task(kube_api: KubeApi, tmp_path: Path) -> None:
-    await kube_api.create_ct(NS, "calls", {**SPEC, "processors": BAD_FILTER})
-    await assign(kube_api, "calls", "node-a")
-    a = Agent(kube_api, "node-a", tmp_path)
-    await a.manager.create(parse_capture_task(SPEC).to_task_spec("sip.calls"))
-    a.start()
-    try:
+    async with restored(kube_api, tmp_path, {**SPEC, "processors": BAD_FILTER}) as a:
         st = await eventually(lambda: node_status(kube_api, "calls").get("phase") == "Failed"
                               and node_status(kube_api, "calls"))  # fmt: skip
         assert "keep_if" in st["message"] and a.manager.flushed == ["sip.calls"]
-    finally:
-        await a.stop()
 
 
 class SlowUpdates(FakeTaskManager):
