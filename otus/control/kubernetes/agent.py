@@ -411,7 +411,7 @@ class KubernetesAgent:
             "sipMessages": int(stats.get("parse.messages", 0)),
             "drops": sum(drops(stats).values()),
             "lastHeartbeat": now_rfc3339(),
-            "message": node_message(entry.message),
+            "message": entry.message,  # cut to fit where it was set (_set, _on_change)
             "observedGeneration": entry.decided,
             "taskId": entry.task_id,
         }
