@@ -277,8 +277,9 @@ def test_overload_every_frame_is_a_record_or_a_counted_drop(workers: int, tmp_pa
     assert s["capture.kernel_packets"] == offered
     # Nothing lost silently: each frame is a record, or dropped by the kernel (ring full) or
     # at shutdown (accepted, never read).
-    assert len(records) + s["capture.kernel_drops"] + s.get("capture.shutdown", 0) == offered
-    assert s["packets"] == s["reported"] == len(records)
+    why = f"summary {s}, stderr:\n{run.stderr[-2000:]}"
+    assert len(records) + s["capture.kernel_drops"] + s.get("capture.shutdown", 0) == offered, why
+    assert s["packets"] == s["reported"] == len(records), why
     assert s["dropped"] == s["capture.kernel_drops"] + s.get("capture.shutdown", 0)
 
 

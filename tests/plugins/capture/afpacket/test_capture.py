@@ -18,6 +18,7 @@ from otus.core.errors import CaptureError, CaptureInputError
 from otus.core.packet import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2
 from otus.plugins.base import PluginContext
 from otus.plugins.capture.afpacket import AfpacketCapturer, AfpacketConfig, check
+from otus.plugins.capture.afpacket.ring import Ring
 from tests.infra.netns import kernel_vlan_supported, sip_topology, veth
 from tests.infra.skips import requires_root
 
@@ -318,9 +319,30 @@ async def test_close_accounts_for_every_accepted_frame(reading: bool) -> None:
     assert st["capture.packets"] == got
     assert st["capture.packets"] + st["capture.drop.shutdown"] == len(sent)
     assert st["capture.kernel_packets"] == len(sent)
+    # The kernel's counts and the walk over the ring's blocks agree on what was left unread.
+    assert cap.ring_unread == st["capture.drop.shutdown"]
     # Reading: the first block reached the reader (the kernel may have retired the rest into a
     # later block nobody read, counted above); not reading: every frame is a shutdown drop.
     assert got > 0 if reading else st["capture.drop.shutdown"] == len(sent)
+
+
+async def test_shutdown_drops_follow_the_kernel_when_the_ring_walk_disagrees(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Frames the kernel accepted and nobody read are counted even where the walk misses them."""
+    monkeypatch.setattr(Ring, "unread", lambda self: 0)  # a walk that sees nothing
+    with link("afpwalk") as lk:
+        cap = lk.capturer()
+        pending = asyncio.create_task(anext(aiter(cap.batches())))
+        await asyncio.sleep(0.05)
+        pending.cancel()  # bound, and nobody will read
+        lk.send([udp4(n) for n in range(20)])
+        await cap.close()
+        st = cap.stats()
+    assert st["capture.kernel_packets"] == 20
+    assert st["capture.drop.shutdown"] == 20
+    assert cap.ring_unread == 0
+    assert "20 frames the kernel accepted were never read (the ring walk found 0)" in caplog.text
 
 
 async def test_close_before_and_twice() -> None:

@@ -77,6 +77,7 @@ async def test_kernel_drops_add_up_to_what_was_sent(monkeypatch: pytest.MonkeyPa
         == st["capture.kernel_packets"]
         == offered
     )
+    assert cap.ring_unread == st["capture.drop.shutdown"]
 
 
 async def test_close_during_a_flood_ends_batches_within_two_seconds() -> None:
