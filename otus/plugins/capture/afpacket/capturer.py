@@ -340,9 +340,10 @@ class AfpacketCapturer:
             if self._unread != self._ring_unread:
                 log.warning(
                     "capture: %d frames the kernel accepted were never read (the ring walk "
-                    "found %d); counted as capture.drop.shutdown",
+                    "found %d); counted as capture.drop.shutdown; %s",
                     self._unread,
                     self._ring_unread,
+                    self._ring.describe(),
                 )
         self._closed = True
         loop, waiter = self._reader_loop, self._waiter

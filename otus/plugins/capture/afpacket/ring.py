@@ -209,6 +209,16 @@ class Ring:
             n += num
         return int(n)
 
+    def describe(self) -> str:
+        """Each block's status, frame count and sequence number, and the read cursor (for logs)."""
+        mm, size = self.mm, self.block_size
+        parts = []
+        for i in range(self.block_count):
+            status, num, _first = BLOCK_HDR.unpack_from(mm, i * size + BLOCK_STATUS_OFFSET)
+            seq = BLOCK_SEQ.unpack_from(mm, i * size + BLOCK_SEQ_OFFSET)[0]
+            parts.append(f"{i}:{status:#x}/{num}/{seq}")
+        return f"next={self._cur} blocks(status/frames/seq)=" + " ".join(parts)
+
     def close(self) -> None:
         """Unmap the ring (the kernel frees it when the socket closes)."""
         self.mm.close()

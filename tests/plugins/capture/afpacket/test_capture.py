@@ -343,6 +343,7 @@ async def test_shutdown_drops_follow_the_kernel_when_the_ring_walk_disagrees(
     assert st["capture.drop.shutdown"] == 20
     assert cap.ring_unread == 0
     assert "20 frames the kernel accepted were never read (the ring walk found 0)" in caplog.text
+    assert "next=0 blocks(status/frames/seq)=0:0x" in caplog.text  # the ring's state, for a report
 
 
 async def test_close_before_and_twice() -> None:
