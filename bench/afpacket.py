@@ -209,8 +209,9 @@ def _otus(pcap: Path, frames: int, loops: int, pps: int | None, drain: bool) -> 
     st = json.loads(out)
     if drain:
         secs, cpu = st["done"] - t0, st["cpu"] - cpu0
+    lost = st["capture.drop.kernel"] + st.get("capture.drop.ring_desync", 0)
     return Run("otus", "drain" if drain else str(pps or "topspeed"), sent, secs,
-               st["capture.packets"], st["capture.drop.kernel"], cpu)  # fmt: skip
+               st["capture.packets"], lost, cpu)  # fmt: skip
 
 
 def _tcpdump(pcap: Path, frames: int, loops: int, pps: int | None, drain: bool) -> Run:
@@ -271,6 +272,7 @@ def _otus_full(pcap: Path, task: Path, loops: int, pps: int) -> Run:
         raise RuntimeError(f"otus run printed no summary: {err[-2000:]}")
     s = {k: int(v) for k, v in (kv.split("=", 1) for kv in found[-1].split())}
     lost = s.get("capture.kernel_drops", 0) + s.get("capture.shutdown", 0)
+    lost += s.get("capture.ring_desync", 0)
     return Run("otus full", str(pps), sent, secs, s["packets"], lost, cpu)
 
 

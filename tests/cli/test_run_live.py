@@ -278,9 +278,12 @@ def test_overload_every_frame_is_a_record_or_a_counted_drop(workers: int, tmp_pa
     # Nothing lost silently: each frame is a record, or dropped by the kernel (ring full) or
     # at shutdown (accepted, never read).
     why = f"summary {s}, stderr:\n{run.stderr[-2000:]}"
-    assert len(records) + s["capture.kernel_drops"] + s.get("capture.shutdown", 0) == offered, why
+    # A ring block the kernel passed without handing it over is skipped and counted (rare).
+    lost = s["capture.kernel_drops"] + s.get("capture.shutdown", 0)
+    lost += s.get("capture.ring_desync", 0)
+    assert len(records) + lost == offered, why
     assert s["packets"] == s["reported"] == len(records), why
-    assert s["dropped"] == s["capture.kernel_drops"] + s.get("capture.shutdown", 0)
+    assert s["dropped"] == lost, why
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -304,7 +307,10 @@ def test_sigterm_during_overload_stops_within_two_seconds(workers: int, tmp_path
     s = run.summary()
     assert s["capture.kernel_drops"] > 0
     assert s["capture.kernel_packets"] == (
-        s["packets"] + s["capture.kernel_drops"] + s.get("capture.shutdown", 0)
+        s["packets"]
+        + s["capture.kernel_drops"]
+        + s.get("capture.shutdown", 0)
+        + s.get("capture.ring_desync", 0)
     )
     assert s["reported"] == len(run.records())
 

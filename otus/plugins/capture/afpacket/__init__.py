@@ -29,8 +29,9 @@ How it behaves (ring sizes and their memory cost are in :mod:`.config`):
 - **Counters.** ``capture.packets``/``capture.bytes`` yielded; ``capture.kernel_packets`` the
   socket accepted (PACKET_STATISTICS, drops included, accumulated since the kernel resets them
   on read); ``capture.drop.kernel`` lost to a full ring; ``capture.drop.shutdown`` accepted but
-  unread at close; ``capture.kernel_freezes``; ``capture.snap_cut`` read but cut to the snap
-  length. kernel_packets = packets + both drops.
+  unread at close; ``capture.drop.ring_desync`` in a block the kernel passed without handing it
+  over (skipped, so capture goes on); ``capture.kernel_freezes``; ``capture.snap_cut`` read but
+  cut to the snap length. kernel_packets = packets + the three drops.
 - **Interfaces** resolve through pyroute2: unknown is an error, down is a warning (capture starts
   when it comes up). Promiscuous mode lasts as long as the socket. Needs CAP_NET_RAW.
   :func:`check` runs the interface lookup and the filter compilation alone, without privilege

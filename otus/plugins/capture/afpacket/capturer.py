@@ -102,6 +102,7 @@ class AfpacketCapturer:
         self._close_done = asyncio.Event()
         self._closed = False
         self._unread = 0
+        self._desync = 0  # frames in blocks the kernel passed without handing them over
         self._ring_unread = 0  # what the ring walk found at close (a cross-check)
         self._gone: set[int] = set()  # indexes of captured interfaces that were removed
         self._waiter: asyncio.Future[None] | None = None
@@ -215,6 +216,8 @@ class AfpacketCapturer:
         while not self._closed:
             if not ring.ready():
                 await self._wait(loop)
+                if not self._closed and not ring.ready():
+                    self._resync()
                 continue
             batch = RawBatch(linktype, ifindex=ifindex)
             n = read(batch.frames, batch.ts_us)
@@ -226,6 +229,18 @@ class AfpacketCapturer:
             # A generator that always has data never suspends; give signal handlers, timers
             # and close() a turn once per block.
             await asyncio.sleep(0)
+
+    def _resync(self) -> None:
+        """Skip blocks the kernel passed without handing them over (counted, logged)."""
+        skipped = self._ring.resync()
+        if skipped:
+            if not self._desync:  # once: the counter tells the rest
+                log.warning(
+                    "capture: the kernel passed a ring block without handing it over; "
+                    "%d frames skipped (capture.drop.ring_desync)",
+                    skipped,
+                )
+            self._desync += skipped
 
     async def _wait(self, loop: asyncio.AbstractEventLoop) -> None:
         """Sleep until the socket is readable (a block was retired), close(), or a safety tick."""
@@ -299,6 +314,7 @@ class AfpacketCapturer:
             "capture.kernel_packets": self._k_packets,
             "capture.drop.kernel": self._k_drops,
             "capture.drop.shutdown": self._unread,
+            "capture.drop.ring_desync": self._desync,
             "capture.kernel_freezes": self._k_freezes,
             "capture.snap_cut": self._ring.snap_cut,
         }
@@ -336,7 +352,8 @@ class AfpacketCapturer:
             # Accepted and never read is the shutdown drop, by definition: the kernel's counts
             # are exact, so kernel_packets = packets + both drops holds even if a frame is
             # somewhere the ring walk does not see. A disagreement is worth a line in the log.
-            self._unread = max(0, self._k_packets - self._k_drops - self._packets)
+            accepted = self._k_packets - self._k_drops
+            self._unread = max(0, accepted - self._packets - self._desync)
             if self._unread != self._ring_unread:
                 log.warning(
                     "capture: %d frames the kernel accepted were never read (the ring walk "

@@ -209,6 +209,34 @@ class Ring:
             n += num
         return int(n)
 
+    def resync(self) -> int:
+        """Move past blocks the kernel left behind not handed over; return the frames in them.
+
+        Call it when the next block is not ready. The kernel fills and hands over blocks in
+        order, so a handed-over block while the next one is still the kernel's means that one
+        was passed without ever being marked ours (seen on 6.18 under overload, about once in a
+        hundred floods). Waiting on it would stall the capture until the kernel wraps around and
+        overwrites it; instead skip to the oldest block handed over, counting what is skipped.
+        """
+        mm, size, count = self.mm, self.block_size, self.block_count
+        oldest, oldest_seq = -1, 0
+        for i in range(count):
+            if BLOCK_STATUS.unpack_from(mm, i * size + BLOCK_STATUS_OFFSET)[0] & TP_STATUS_USER:
+                seq = BLOCK_SEQ.unpack_from(mm, i * size + BLOCK_SEQ_OFFSET)[0]
+                if oldest < 0 or seq < oldest_seq:
+                    oldest, oldest_seq = i, seq
+        if oldest < 0 or oldest == self._cur or self.ready():
+            return 0  # nothing handed over, or in order after all (the kernel moved meanwhile)
+        skipped, i = 0, self._cur
+        while i != oldest:
+            status, num, _first = BLOCK_HDR.unpack_from(mm, i * size + BLOCK_STATUS_OFFSET)
+            seq = BLOCK_SEQ.unpack_from(mm, i * size + BLOCK_SEQ_OFFSET)[0]
+            if not status & TP_STATUS_USER and seq < oldest_seq:
+                skipped += num
+            i = (i + 1) % count
+        self._cur = oldest
+        return int(skipped)
+
     def describe(self) -> str:
         """Each block's status, frame count and sequence number, and the read cursor (for logs)."""
         mm, size = self.mm, self.block_size

@@ -18,6 +18,7 @@ from otus.core.errors import CaptureError, CaptureInputError
 from otus.core.packet import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2
 from otus.plugins.base import PluginContext
 from otus.plugins.capture.afpacket import AfpacketCapturer, AfpacketConfig, check
+from otus.plugins.capture.afpacket.consts import BLOCK_STATUS
 from otus.plugins.capture.afpacket.ring import Ring
 from tests.infra.netns import kernel_vlan_supported, sip_topology, veth
 from tests.infra.skips import requires_root
@@ -344,6 +345,35 @@ async def test_shutdown_drops_follow_the_kernel_when_the_ring_walk_disagrees(
     assert cap.ring_unread == 0
     assert "20 frames the kernel accepted were never read (the ring walk found 0)" in caplog.text
     assert "next=0 blocks(status/frames/seq)=0:0x" in caplog.text  # the ring's state, for a report
+
+
+async def test_a_block_passed_without_hand_over_is_skipped_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The kernel moved past a block never marked ours: capture goes on, its frames counted."""
+    with link("afpdesync") as lk:
+        cap = lk.capturer(snap_len=256, block_size=4096, block_count=4)
+        pending = asyncio.create_task(anext(aiter(cap.batches())))
+        await asyncio.sleep(0.05)
+        pending.cancel()  # bound; frames now stay in the ring until a new reader comes
+        for burst in range(3):  # three blocks handed over (retired by the 20 ms timer)
+            lk.send([udp4(5 * burst + n) for n in range(5)])  # one 4 KiB block each
+            await asyncio.sleep(0.1)
+        ring = cap._ring
+        status = [BLOCK_STATUS.unpack_from(ring.mm, i * 4096 + 8)[0] & 1 for i in range(4)]
+        assert status == [1, 1, 1, 0]
+        BLOCK_STATUS.pack_into(ring.mm, 8, 0)  # block 0 as the kernel left it in the bad case
+        got: list[bytes] = []
+        it = aiter(cap.batches())
+        while len(got) < 10:
+            got += (await asyncio.wait_for(anext(it), 2)).frames
+        await cap.close()
+        st = cap.stats()
+    assert got == [udp4(n) for n in range(5, 15)]  # the blocks after it, in order
+    assert st["capture.drop.ring_desync"] == 5
+    assert st["capture.kernel_packets"] == 15
+    assert st["capture.packets"] + st["capture.drop.shutdown"] == 10  # nothing else went missing
+    assert "5 frames skipped (capture.drop.ring_desync)" in caplog.text
 
 
 async def test_close_before_and_twice() -> None:
