@@ -352,8 +352,10 @@ class AfpacketCapturer:
             # Accepted and never read is the shutdown drop, by definition: the kernel's counts
             # are exact, so kernel_packets = packets + both drops holds even if a frame is
             # somewhere the ring walk does not see. A disagreement is worth a line in the log.
-            accepted = self._k_packets - self._k_drops
-            self._unread = max(0, accepted - self._packets - self._desync)
+            unread = self._k_packets - self._k_drops - self._packets - self._desync
+            if unread < 0:  # the kernel is the authority: a skipped block said more than was lost
+                self._desync = max(0, self._desync + unread)
+            self._unread = max(0, unread)
             if self._unread != self._ring_unread:
                 log.warning(
                     "capture: %d frames the kernel accepted were never read (the ring walk "
