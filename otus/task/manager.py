@@ -157,7 +157,9 @@ class TaskManager:
                 ):
                     raise
                 raise TaskStartError(f"task {spec.id}: {e}") from None
-            t.desired, t.pending = True, False
+            # desired is left as is: a task that ended while starting (a short file) cleared
+            # it, and a restart must not run that task again.
+            t.pending = False
             self._evict_finished()
             self._save()
         log.info("task created", task=spec.id, workers=len(t.runner.workers) if t.runner else 0)

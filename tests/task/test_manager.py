@@ -122,6 +122,23 @@ async def test_task_ending_by_itself_is_saved_as_finished(
     assert saved[0]["desired"] == "stopped" and saved[0]["stats"]["report.records"] == 12
 
 
+async def test_task_ending_while_its_start_is_answered_is_saved_as_finished(
+    manager: TaskManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A short file task can end before create() returns: a restart must not run it again."""
+    start = runner_module.TaskRunner.start
+
+    async def slow_start(self: runner_module.TaskRunner) -> None:
+        await start(self)
+        await until(lambda: self.done)  # the task ends before the manager hears it started
+
+    monkeypatch.setattr(runner_module.TaskRunner, "start", slow_start)
+    info = await manager.create(spec("file", tmp_path / "f", loop=1))
+    assert info.state == TaskState.STOPPED
+    saved = json.loads((tmp_path / "state.json").read_text())["tasks"]
+    assert [(t["spec"]["id"], t["desired"]) for t in saved] == [("file", "stopped")]
+
+
 async def test_dead_worker_and_memory_limit_fail_tasks(
     manager: TaskManager, tmp_path: Path
 ) -> None:
