@@ -329,8 +329,8 @@ class AfpacketCapturer:
         self._closing = True
         if self._started:
             # Frames the kernel accepted but nobody read end as capture.drop.shutdown, so
-            # kernel_packets = packets + drop.kernel + drop.shutdown. Counting them needs the
-            # partly filled block retired: up to two timer ticks, capped to stay prompt.
+            # kernel_packets = packets + the drops. The ring walk that cross-checks that count
+            # wants the partly filled block retired: up to two timer ticks, capped to stay prompt.
             with contextlib.suppress(CaptureError):
                 bpf.attach(self._sock, bpf.reject_all())
             await asyncio.sleep(min(2 * self.config.block_timeout_ms + 5, 250) / 1000)
@@ -350,7 +350,7 @@ class AfpacketCapturer:
         self._unread = self._ring_unread = self._ring.unread()
         if stats_read:
             # Accepted and never read is the shutdown drop, by definition: the kernel's counts
-            # are exact, so kernel_packets = packets + both drops holds even if a frame is
+            # are exact, so kernel_packets = packets + the drops holds even if a frame is
             # somewhere the ring walk does not see. A disagreement is worth a line in the log.
             unread = self._k_packets - self._k_drops - self._packets - self._desync
             if unread < 0:  # the kernel is the authority: a skipped block said more than was lost
