@@ -195,19 +195,18 @@ class Ring:
         the highest ``seq_num`` (a block given back keeps its old, lower number until reopened).
         Call it with intake stopped, or the open block may still grow.
         """
-        mm, size, n = self.mm, self.block_size, 0
-        newest, newest_seq = 0, -1
-        for i in range(self.block_count):
-            status, num, _first = BLOCK_HDR.unpack_from(mm, i * size + BLOCK_STATUS_OFFSET)
-            if status & TP_STATUS_USER:
-                n += num
-            seq = BLOCK_SEQ.unpack_from(mm, i * size + BLOCK_SEQ_OFFSET)[0]
-            if seq > newest_seq:
-                newest, newest_seq = i, seq
-        status, num, _first = BLOCK_HDR.unpack_from(mm, newest * size + BLOCK_STATUS_OFFSET)
+        blocks = [self._header(i) for i in range(self.block_count)]
+        n = sum(num for status, num, _seq in blocks if status & TP_STATUS_USER)
+        status, num, _seq = max(blocks, key=lambda b: b[2])
         if not status & TP_STATUS_USER:
             n += num
         return int(n)
+
+    def _header(self, i: int) -> tuple[int, int, int]:
+        """Block ``i``'s status, frame count and sequence number."""
+        off = i * self.block_size
+        status, num, _first = BLOCK_HDR.unpack_from(self.mm, off + BLOCK_STATUS_OFFSET)
+        return status, num, BLOCK_SEQ.unpack_from(self.mm, off + BLOCK_SEQ_OFFSET)[0]
 
     def resync(self) -> int:
         """Move past blocks the kernel left behind not handed over; return the frames in them.
@@ -218,19 +217,19 @@ class Ring:
         hundred floods). Waiting on it would stall the capture until the kernel wraps around and
         overwrites it; instead skip to the oldest block handed over, counting what is skipped.
         """
-        mm, size, count = self.mm, self.block_size, self.block_count
-        oldest, oldest_seq = -1, 0
-        for i in range(count):
-            if BLOCK_STATUS.unpack_from(mm, i * size + BLOCK_STATUS_OFFSET)[0] & TP_STATUS_USER:
-                seq = BLOCK_SEQ.unpack_from(mm, i * size + BLOCK_SEQ_OFFSET)[0]
-                if oldest < 0 or seq < oldest_seq:
-                    oldest, oldest_seq = i, seq
-        if oldest < 0 or oldest == self._cur or self.ready():
-            return 0  # nothing handed over, or in order after all (the kernel moved meanwhile)
+        count = self.block_count
+        blocks = [self._header(i) for i in range(count)]
+        handed = [
+            (seq, i) for i, (status, _num, seq) in enumerate(blocks) if status & TP_STATUS_USER
+        ]
+        if not handed:
+            return 0
+        oldest_seq, oldest = min(handed)
+        if oldest == self._cur or self.ready():
+            return 0  # in order after all (the kernel moved meanwhile)
         skipped, i = 0, self._cur
         while i != oldest:
-            status, num, _first = BLOCK_HDR.unpack_from(mm, i * size + BLOCK_STATUS_OFFSET)
-            seq = BLOCK_SEQ.unpack_from(mm, i * size + BLOCK_SEQ_OFFSET)[0]
+            status, num, seq = blocks[i]
             if not status & TP_STATUS_USER and seq < oldest_seq:
                 skipped += num
             i = (i + 1) % count
@@ -239,12 +238,10 @@ class Ring:
 
     def describe(self) -> str:
         """Each block's status, frame count and sequence number, and the read cursor (for logs)."""
-        mm, size = self.mm, self.block_size
-        parts = []
-        for i in range(self.block_count):
-            status, num, _first = BLOCK_HDR.unpack_from(mm, i * size + BLOCK_STATUS_OFFSET)
-            seq = BLOCK_SEQ.unpack_from(mm, i * size + BLOCK_SEQ_OFFSET)[0]
-            parts.append(f"{i}:{status:#x}/{num}/{seq}")
+        parts = (
+            f"{i}:{s:#x}/{n}/{q}"
+            for i, (s, n, q) in enumerate(map(self._header, range(self.block_count)))
+        )
         return f"next={self._cur} blocks(status/frames/seq)=" + " ".join(parts)
 
     def close(self) -> None:
